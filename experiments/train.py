@@ -1,0 +1,170 @@
+r"""Train and evaluate a CTR model.
+
+  python -m experiments.train                      # DLRM on synthetic Criteo-like data
+  python -m experiments.train --data=../shared/data/criteo/criteo_kaggle_train_first10k.tsv
+
+Flags are validated here and turned into a frozen `TrainConfig`; the library
+never reads them. Writes config.json, history.jsonl, metrics.json and
+checkpoints/ to --output_dir.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("model", "dlrm", "Model name (see jaxrec.models.MODELS).")
+flags.DEFINE_string("data", "synthetic",
+                    "'synthetic', or a path to a raw Criteo TSV / TSV.gz file.")
+flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the synthetic dataset.")
+flags.DEFINE_integer("synthetic_max_vocab", 100_000,
+                     "Cap on synthetic table sizes; 0 = real Kaggle cardinalities (33.8M rows).")
+flags.DEFINE_integer("min_frequency", 2,
+                     "Categorical values seen fewer times in train map to the OOV id.")
+flags.DEFINE_list("split", ["0.8", "0.1", "0.1"], "Train,validation,test fractions.")
+flags.DEFINE_integer("epochs", 1, "Passes over the training split.")
+flags.DEFINE_integer("max_steps", 0, "Stop after this many steps (0 = all epochs).")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_integer("eval_batch_size", 8192, "Evaluation batch size.")
+flags.DEFINE_float("learning_rate", 0.1, "Learning rate of the dense parameters.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "adagrad"], "Dense-parameter optimizer.")
+flags.DEFINE_enum("embedding_optimizer", "auto", ["auto", "sgd", "rowwise_adagrad"],
+                  "Sparse table optimizer; auto = sgd with --optimizer=sgd, else rowwise_adagrad.")
+flags.DEFINE_float("embedding_learning_rate", 0.0,
+                   "Table learning rate (0 = --learning_rate).")
+flags.DEFINE_integer("embedding_dim", 16, "Embedding dimension d.")
+flags.DEFINE_string("bottom_mlp", "512-256-64-16", "Bottom MLP layer sizes, dash-separated.")
+flags.DEFINE_string("top_mlp", "512-256-1", "Top MLP layer sizes, dash-separated (ends in 1).")
+flags.DEFINE_enum("interaction", "dot", ["dot", "cat"], "DLRM feature interaction.")
+flags.DEFINE_bool("interaction_itself", False, "Include self dot products (reference option).")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
+flags.DEFINE_integer("seed", 0, "Seed of init, data, split and dropout.")
+flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 = each epoch).")
+flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
+flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
+flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<model>-<timestamp>).")
+flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --output_dir.")
+
+
+class FlagError(ValueError):
+  """A bad flag value or combination: reported in one line, exit code 2."""
+
+
+def parse_layers(name: str, value: str) -> tuple[int, ...]:
+  try:
+    sizes = tuple(int(v) for v in value.split("-"))
+  except ValueError:
+    raise FlagError(f"--{name}={value!r}: expected dash-separated integers like 512-256-1") from None
+  if not sizes or any(s < 1 for s in sizes):
+    raise FlagError(f"--{name}={value!r}: layer sizes must be positive")
+  return sizes
+
+
+def config_from_flags():
+  """Validated flags -> TrainConfig. Raises FlagError with a one-line message."""
+  from jaxrec.data.sources import DataConfig
+  from jaxrec.layers.embeddings import EmbeddingConfig
+  from jaxrec.models.registry import MODELS, ModelConfig
+  from jaxrec.train.loop import TrainConfig
+
+  if FLAGS.model not in MODELS:
+    raise FlagError(f"--model={FLAGS.model!r}: unknown model; choose from {', '.join(sorted(MODELS))}")
+  if FLAGS.data != "synthetic":
+    if not os.path.exists(FLAGS.data):
+      raise FlagError(f"--data={FLAGS.data!r}: no such file or directory")
+    if os.path.isdir(FLAGS.data):
+      raise FlagError(f"--data={FLAGS.data!r}: is a directory; expected a Criteo TSV file")
+  for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "log_every",
+               "synthetic_rows", "min_frequency"):
+    if getattr(FLAGS, name) < 1:
+      raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 1")
+  for name in ("eval_every", "checkpoint_every", "max_steps", "synthetic_max_vocab"):
+    if getattr(FLAGS, name) < 0:
+      raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 0")
+  if FLAGS.learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
+    raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0")
+  try:
+    split = tuple(float(s) for s in FLAGS.split)
+  except ValueError:
+    raise FlagError(f"--split={','.join(FLAGS.split)}: expected three fractions") from None
+  if len(split) != 3 or any(s < 0 for s in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
+    raise FlagError(f"--split={','.join(FLAGS.split)}: need three non-negative fractions"
+                    " summing to 1 with a non-empty train split")
+  bottom = parse_layers("bottom_mlp", FLAGS.bottom_mlp)
+  top = parse_layers("top_mlp", FLAGS.top_mlp)
+  if top[-1] != 1:
+    raise FlagError(f"--top_mlp={FLAGS.top_mlp}: the last layer must have 1 output")
+  if FLAGS.model == "dlrm" and FLAGS.interaction == "dot" and bottom[-1] != FLAGS.embedding_dim:
+    raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
+                    f"{FLAGS.embedding_dim} for the dot interaction")
+  if FLAGS.resume and not FLAGS.output_dir:
+    raise FlagError("--resume needs --output_dir (the run to continue)")
+
+  data = DataConfig(source=FLAGS.data, synthetic_rows=FLAGS.synthetic_rows,
+                    synthetic_max_vocab=FLAGS.synthetic_max_vocab or None,
+                    min_frequency=FLAGS.min_frequency, split=split, seed=FLAGS.seed)
+  model = ModelConfig(name=FLAGS.model, bottom_mlp=bottom, top_mlp=top,
+                      interaction=FLAGS.interaction, self_interaction=FLAGS.interaction_itself,
+                      compute_dtype=FLAGS.compute_dtype)
+  embedding = EmbeddingConfig(dim=FLAGS.embedding_dim)
+  return TrainConfig(
+      model=model, embedding=embedding, data=data, optimizer=FLAGS.optimizer,
+      learning_rate=FLAGS.learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
+      embedding_learning_rate=FLAGS.embedding_learning_rate or None,
+      batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
+      max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
+      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed)
+
+
+def summary(metrics: dict, output_dir: str) -> str:
+  lines = [
+      f"{metrics['model']} on {metrics['num_train_examples']:,} train rows,"
+      f" evaluated on all {metrics['num_eval_examples']:,} test rows:",
+      f"  AUC       {metrics['auc']:.4f}",
+      f"  logloss   {metrics['logloss']:.4f}   (constant predictor {metrics['baseline_logloss']:.4f},"
+      f" normalized entropy {metrics['normalized_entropy']:.4f})",
+      f"  accuracy  {metrics['accuracy']:.4f}   (constant predictor {metrics['baseline_accuracy']:.4f})",
+  ]
+  if "bayes_auc" in metrics:
+    lines.append(f"  teacher (Bayes-optimal): AUC {metrics['bayes_auc']:.4f},"
+                 f" logloss {metrics['bayes_logloss']:.4f}")
+  lines += [
+      f"  params    {metrics['param_count']:,} ({metrics['param_bytes'] / 2**20:.1f} MiB;"
+      f" {metrics['embedding_param_count']:,} in embeddings)",
+      f"  training  {metrics['train_seconds']:.1f} s, {metrics['train_examples_per_sec']:,.0f}"
+      f" examples/s; inference {metrics['eval_examples_per_sec']:,.0f} examples/s",
+      f"  wrote {os.path.join(output_dir, 'metrics.json')}",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    config = config_from_flags()
+  except FlagError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  output_dir = FLAGS.output_dir or os.path.join(
+      "runs", f"{FLAGS.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+  from jaxrec.data.criteo import CriteoFormatError
+  from jaxrec.train.loop import ResumeError, train_and_evaluate
+  try:
+    metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume)
+  except (CriteoFormatError, ResumeError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(summary(metrics, output_dir))
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

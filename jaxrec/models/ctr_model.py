@@ -1,0 +1,65 @@
+"""`CTRModel`: a network and its embedding layout, initialised and applied as pure functions.
+
+Variables are a plain dict: ``{"params": network params, "tables": stacked
+embedding tables}``. Tables live outside ``params`` because they are updated
+sparsely (see `jaxrec.train.sparse`) while ``params`` go through optax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxrec.layers import embeddings
+from jaxrec.layers.embeddings import EmbeddingConfig, EmbeddingLayout
+from jaxrec.models.registry import ModelConfig, build_network
+
+Variables = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class CTRModel:
+  network: nn.Module
+  layout: EmbeddingLayout
+  num_dense: int = 13
+
+  @classmethod
+  def create(cls, model_config: ModelConfig, embedding_config: EmbeddingConfig,
+             vocab_sizes: tuple[int, ...], num_dense: int = 13) -> "CTRModel":
+    layout = EmbeddingLayout(embedding_config, tuple(int(v) for v in vocab_sizes))
+    return cls(build_network(model_config, layout), layout, num_dense)
+
+  def init(self, rng: jax.Array) -> Variables:
+    """Fresh variables: network params and embedding tables."""
+    param_rng, table_rng, dropout_rng = jax.random.split(rng, 3)
+    tables = self.layout.init_tables(table_rng)
+    dense = jnp.zeros((2, self.num_dense), jnp.float32)
+    cat = jnp.zeros((2, self.layout.num_fields), jnp.int32)
+    rows = jax.eval_shape(embeddings.lookup, tables, self.layout.row_ids(cat))
+    rows = {k: jnp.zeros(v.shape, v.dtype) for k, v in rows.items()}
+    params = self.network.init({"params": param_rng, "dropout": dropout_rng},
+                               dense, rows, train=False)["params"]
+    return {"params": params, "tables": tables}
+
+  def apply_rows(self, params, dense, rows, *, train=False, rngs=None) -> jax.Array:
+    """Logits from already-gathered rows (the differentiable part)."""
+    return self.network.apply({"params": params}, dense, rows, train=train, rngs=rngs)
+
+  def apply(self, variables: Variables, dense: jax.Array, cat: jax.Array, *,
+            train: bool = False, rngs=None) -> jax.Array:
+    """Logits [B] from dense features [B, 13] and categorical ids [B, 26]."""
+    rows = embeddings.lookup(variables["tables"], self.layout.row_ids(cat))
+    return self.apply_rows(variables["params"], dense, rows, train=train, rngs=rngs)
+
+
+def param_count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def param_bytes(tree) -> int:
+  return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)))

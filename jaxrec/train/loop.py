@@ -1,0 +1,267 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind `experiments.train`.
+
+Trains with the jitted sparse-update step, evaluates on the whole validation
+split during training and on the whole test split at the end, checkpoints with
+orbax and resumes exactly, and writes ``config.json``, ``history.jsonl`` and
+``metrics.json`` to `workdir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxrec.data import loader
+from jaxrec.data.dataset import CTRDataset
+from jaxrec.data.sources import DataConfig, load_splits
+from jaxrec.layers.embeddings import EmbeddingConfig
+from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
+from jaxrec.models.registry import ModelConfig
+from jaxrec.train import metrics as metrics_lib
+from jaxrec.train import sparse
+from jaxrec.train.checkpoint import Checkpointer
+from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
+                               make_predict, make_train_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A whole training run.
+
+  Attributes:
+    model / embedding / data: what to train, on what.
+    optimizer: dense-parameter optimizer (sgd, adam, adagrad).
+    learning_rate: dense learning rate.
+    embedding_optimizer: sparse table optimizer (sgd, rowwise_adagrad), or
+      "auto": sgd with sgd, rowwise_adagrad otherwise.
+    embedding_learning_rate: table learning rate (None: learning_rate).
+    batch_size: training batch (static; the last one is padded and masked).
+    eval_batch_size: evaluation batch.
+    epochs: passes over the training split.
+    max_steps: stop after this many steps (None: all epochs).
+    eval_every: evaluate on validation every N steps (0: each epoch end).
+    log_every: fetch and log the running loss every N steps.
+    checkpoint_every: save every N steps (0: each epoch end); the end is always saved.
+    seed: init, data order and dropout seed.
+  """
+
+  model: ModelConfig = ModelConfig()
+  embedding: EmbeddingConfig = EmbeddingConfig()
+  data: DataConfig = DataConfig()
+  optimizer: str = "sgd"
+  learning_rate: float = 0.1
+  embedding_optimizer: str = "auto"
+  embedding_learning_rate: float | None = None
+  batch_size: int = 256
+  eval_batch_size: int = 8192
+  epochs: int = 1
+  max_steps: int | None = None
+  eval_every: int = 0
+  log_every: int = 100
+  checkpoint_every: int = 0
+  seed: int = 0
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @property
+  def resolved_embedding_optimizer(self) -> str:
+    if self.embedding_optimizer != "auto":
+      return self.embedding_optimizer
+    return "sgd" if self.optimizer == "sgd" else "rowwise_adagrad"
+
+
+# Config sections that must match for a checkpoint to be resumed.
+_RESUME_KEYS = ("model", "embedding", "data", "optimizer", "embedding_optimizer", "batch_size",
+                "seed")
+
+
+class ResumeError(ValueError):
+  """A run directory that cannot be resumed with this config."""
+
+
+def check_resume_compatible(saved: dict, config: TrainConfig) -> None:
+  current = json.loads(json.dumps(config.to_json()))
+  diffs = [k for k in _RESUME_KEYS if saved.get(k) != current.get(k)]
+  if diffs:
+    raise ResumeError(f"cannot resume: the checkpoint was written with a different {', '.join(diffs)}"
+                     f" (saved {saved.get(diffs[0])!r}, now {current.get(diffs[0])!r})")
+
+
+def predict_dataset(predict, params, tables, dataset: CTRDataset, batch_size: int) -> np.ndarray:
+  """Click probabilities for every row of `dataset` (one host transfer at the end)."""
+  outs = []
+  for batch in loader.prefetch_to_device(loader.iterate_batches(dataset, batch_size)):
+    outs.append(predict(params, tables, batch["dense"], batch["cat"]))
+  probs = np.concatenate(jax.device_get(outs)) if outs else np.zeros(0, np.float32)
+  return probs[:len(dataset)]
+
+
+def evaluate(predict, params, tables, dataset: CTRDataset, batch_size: int,
+             train_positive_rate: float) -> dict[str, float]:
+  start = time.perf_counter()
+  probs = predict_dataset(predict, params, tables, dataset, batch_size)
+  seconds = time.perf_counter() - start
+  out = metrics_lib.ctr_metrics(dataset.label, probs, train_positive_rate, dataset.oracle_prob)
+  out["eval_seconds"] = seconds
+  out["eval_examples_per_sec"] = len(dataset) / max(seconds, 1e-9)
+  return out
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _truncate_history(path: str, max_step: int) -> None:
+  """Drops history lines written after the checkpoint a run resumes from."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
+  with open(path, "w") as f:
+    f.writelines(keep)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = False) -> dict:
+  """Trains, evaluates on the whole test split, writes reports; returns metrics.json's dict."""
+  os.makedirs(workdir, exist_ok=True)
+  config_path = os.path.join(workdir, "config.json")
+  history_path = os.path.join(workdir, "history.jsonl")
+  if resume and os.path.exists(config_path):
+    with open(config_path) as f:
+      check_resume_compatible(json.load(f), config)
+
+  splits = load_splits(config.data)
+  train_positive_rate = splits.train.positive_rate
+  model = CTRModel.create(config.model, config.embedding, splits.train.vocab_sizes,
+                          num_dense=splits.train.num_dense)
+  dense_tx = dense_optimizer(config.optimizer, config.learning_rate)
+  table_opt = sparse.create(config.resolved_embedding_optimizer,
+                            config.embedding_learning_rate or config.learning_rate)
+  init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(model, init_key, dense_tx, table_opt)
+  train_step = make_train_step(model, dense_tx, table_opt, dropout_key)
+  predict = make_predict(model)
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = 0
+  if resume and checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(state)
+    step = int(meta["step"])
+    _truncate_history(history_path, step)
+    logging.info("resumed from step %d", step)
+  elif os.path.exists(history_path):
+    os.remove(history_path)
+  _write_json(config_path, config.to_json())
+
+  steps_per_epoch = loader.num_batches(len(splits.train), config.batch_size)
+  total_steps = config.epochs * steps_per_epoch
+  if config.max_steps is not None:
+    total_steps = min(total_steps, config.max_steps)
+  logging.info("training %s: %d train / %d validation / %d test rows, %d steps of %d",
+               config.model.name, len(splits.train), len(splits.validation), len(splits.test),
+               total_steps, config.batch_size)
+
+  def run_eval(dataset, split_name):
+    result = evaluate(predict, state.params, state.tables, dataset, config.eval_batch_size,
+                      train_positive_rate)
+    record = {"step": step, "epoch": step / steps_per_epoch, "split": split_name, **result}
+    _append_jsonl(history_path, record)
+    logging.info("step %d %s: auc %.4f logloss %.4f (constant %.4f) accuracy %.4f",
+                 step, split_name, result["auc"], result["logloss"],
+                 result["baseline_logloss"], result["accuracy"])
+    return result
+
+  def save():
+    checkpointer.save(step, state, {"step": step})
+
+  train_seconds, timed_examples, compile_seconds = 0.0, 0, 0.0
+  running, window_start, window_steps = None, time.perf_counter(), 0
+  while step < total_steps:
+    epoch, start_batch = divmod(step, steps_per_epoch)
+    batches = loader.prefetch_to_device(loader.iterate_batches(
+        splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
+        start_batch=start_batch))
+    tic = time.perf_counter()
+    for batch in batches:
+      first = compile_seconds == 0.0
+      state, step_metrics = train_step(state, batch)
+      if first:  # the first call compiles: time it apart from throughput
+        jax.block_until_ready(state.step)
+        compile_seconds = time.perf_counter() - tic
+        tic = time.perf_counter()
+      else:
+        timed_examples += config.batch_size
+      running = step_metrics if running is None else jax.tree_util.tree_map(
+          lambda a, b: a + b, running, step_metrics)  # on device, no sync
+      step += 1
+      window_steps += 1
+      end_of_epoch = step % steps_per_epoch == 0
+      if step % config.log_every == 0 or step == total_steps:
+        loss = float(running["loss_sum"] / max(float(running["weight_sum"]), 1.0))
+        now = time.perf_counter()
+        rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
+        eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
+        logging.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %.0fs", step, total_steps,
+                     loss, rate, eta)
+        running, window_start, window_steps = None, now, 0
+      last = step == total_steps
+      do_eval = last or (step % config.eval_every == 0 if config.eval_every else end_of_epoch)
+      do_save = last or (step % config.checkpoint_every == 0 if config.checkpoint_every
+                         else end_of_epoch)
+      if do_eval or do_save:
+        jax.block_until_ready(state.step)
+        train_seconds += time.perf_counter() - tic
+        if do_eval:
+          run_eval(splits.validation, "validation")
+        if do_save:
+          save()
+        tic = time.perf_counter()
+      if step >= total_steps:
+        break
+    jax.block_until_ready(state.step)
+    train_seconds += time.perf_counter() - tic
+  checkpointer.close()
+
+  result = evaluate(predict, state.params, state.tables, splits.test, config.eval_batch_size,
+                    train_positive_rate)
+  variables = {"params": state.params, "tables": state.tables}
+  report = {
+      "model": config.model.name,
+      "embedding": config.embedding.kind,
+      **{k: result[k] for k in ("auc", "logloss", "accuracy", "normalized_entropy",
+                                "baseline_logloss", "baseline_accuracy", "positive_rate")},
+      **{k: result[k] for k in ("bayes_auc", "bayes_logloss") if k in result},
+      "num_train_examples": len(splits.train),
+      "num_eval_examples": len(splits.test),
+      "eval_split": "test",
+      "steps": step,
+      "epochs": config.epochs,
+      "param_count": param_count(variables),
+      "param_bytes": param_bytes(variables),
+      "embedding_param_count": param_count(state.tables),
+      "dense_param_count": param_count(state.params),
+      "train_seconds": train_seconds + compile_seconds,
+      "compile_seconds": compile_seconds,
+      "train_examples_per_sec": timed_examples / max(train_seconds, 1e-9),
+      "eval_examples_per_sec": result["eval_examples_per_sec"],
+      "device": str(jax.devices()[0].device_kind),
+  }
+  _write_json(os.path.join(workdir, "metrics.json"), report)
+  return report

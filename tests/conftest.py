@@ -1,0 +1,24 @@
+"""Shared fixtures: paths to the real Criteo samples (tests skip when absent)."""
+
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+CRITEO_KAGGLE_10K = os.path.join(SHARED_DATA, "criteo", "criteo_kaggle_train_first10k.tsv")
+CRITEO_1TB_1K = os.path.join(SHARED_DATA, "criteo", "criteo_1tb_day0_first1k.tsv")
+
+
+@pytest.fixture
+def criteo_kaggle_path():
+  if not os.path.exists(CRITEO_KAGGLE_10K):
+    pytest.skip("real Criteo sample not present (../shared/data/criteo)")
+  return CRITEO_KAGGLE_10K
+
+
+@pytest.fixture
+def criteo_1tb_path():
+  if not os.path.exists(CRITEO_1TB_1K):
+    pytest.skip("real Criteo Terabyte sample not present (../shared/data/criteo)")
+  return CRITEO_1TB_1K
