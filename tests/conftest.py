@@ -5,7 +5,9 @@ import os
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+# The real samples live in ../shared/data beside the checkout (JAXREC_SHARED_DATA overrides).
+SHARED_DATA = os.environ.get("JAXREC_SHARED_DATA",
+                             os.path.join(os.path.dirname(REPO), "shared", "data"))
 CRITEO_KAGGLE_10K = os.path.join(SHARED_DATA, "criteo", "criteo_kaggle_train_first10k.tsv")
 CRITEO_1TB_1K = os.path.join(SHARED_DATA, "criteo", "criteo_1tb_day0_first1k.tsv")
 
