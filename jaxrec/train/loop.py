@@ -110,6 +110,7 @@ def evaluate(predict, params, tables, dataset: CTRDataset, batch_size: int,
   probs = predict_dataset(predict, params, tables, dataset, batch_size)
   seconds = time.perf_counter() - start
   out = metrics_lib.ctr_metrics(dataset.label, probs, train_positive_rate, dataset.oracle_prob)
+  out["probs"] = probs
   out["eval_seconds"] = seconds
   out["eval_examples_per_sec"] = len(dataset) / max(seconds, 1e-9)
   return out
@@ -181,6 +182,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   def run_eval(dataset, split_name):
     result = evaluate(predict, state.params, state.tables, dataset, config.eval_batch_size,
                       train_positive_rate)
+    del result["probs"]
     record = {"step": step, "epoch": step / steps_per_epoch, "split": split_name, **result}
     _append_jsonl(history_path, record)
     logging.info("step %d %s: auc %.4f logloss %.4f (constant %.4f) accuracy %.4f",
@@ -241,6 +243,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
 
   result = evaluate(predict, state.params, state.tables, splits.test, config.eval_batch_size,
                     train_positive_rate)
+  # Test-split probabilities and labels, for analyses beyond the summary metrics.
+  np.savez_compressed(os.path.join(workdir, "test_predictions.npz"),
+                      prob=result.pop("probs"), label=splits.test.label)
   variables = {"params": state.params, "tables": state.tables}
   report = {
       "model": config.model.name,
