@@ -1,0 +1,222 @@
+"""Tables, plots and the markdown report of `experiments.reproduce`.
+
+Pure reporting over the grid's records (metrics.json + history.jsonl of each
+run): mean ± std tables, a quality-vs-size Pareto plot, held-out logloss per
+epoch, inference throughput vs rank fraction, and the single-batch (1/128)
+analysis of the study's accuracy figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+STUDY_BATCH = 128
+
+
+def _mean_std(values) -> str:
+  values = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
+  if len(values) == 0:
+    return "n/a"
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+
+
+def _group(records):
+  groups = collections.OrderedDict()
+  for r in records:
+    groups.setdefault((r["dataset"], r["approach"]), []).append(r)
+  return groups
+
+
+def summary_rows(records) -> list[dict[str, Any]]:
+  """One row per (dataset, approach): means and stds over seeds."""
+  rows = []
+  for (dataset, approach), runs in _group(records).items():
+    m = [r["metrics"] for r in runs]
+    def col(key):
+      return [x.get(key) for x in m]
+    rows.append({
+        "dataset": dataset, "approach": approach, "seeds": len(runs),
+        "auc": _mean_std(col("auc")), "logloss": _mean_std(col("logloss")),
+        "accuracy": _mean_std(col("accuracy")),
+        "baseline_accuracy": f"{np.mean(col('baseline_accuracy')):.4f}",
+        "baseline_logloss": f"{np.mean(col('baseline_logloss')):.4f}",
+        "train_seconds": f"{np.mean(col('train_seconds')):.1f}",
+        "inference_eps": f"{np.mean([x.get('inference_examples_per_sec', x['eval_examples_per_sec']) for x in m]):,.0f}",
+        "param_count": f"{int(np.mean(col('param_count'))):,}",
+        "dense_param_count": f"{int(np.mean(col('dense_param_count'))):,}",
+        "mb": f"{np.mean(col('param_bytes')) / 1e6:.2f}",
+        "auc_mean": float(np.nanmean(np.asarray(col("auc"), np.float64))),
+        "logloss_mean": float(np.nanmean(np.asarray(col("logloss"), np.float64))),
+        "bytes_mean": float(np.mean(col("param_bytes"))),
+    })
+  return rows
+
+
+def markdown_table(rows, labels) -> str:
+  head = ("| dataset | approach | AUC | logloss | accuracy | constant acc. | constant logloss |"
+          " train s | inference ex/s | params | dense params | MB |")
+  lines = [head, "|" + "---|" * 12]
+  for r in rows:
+    lines.append(f"| {r['dataset']} | {labels.get(r['approach'], r['approach'])} | {r['auc']} |"
+                 f" {r['logloss']} | {r['accuracy']} | {r['baseline_accuracy']} |"
+                 f" {r['baseline_logloss']} | {r['train_seconds']} | {r['inference_eps']} |"
+                 f" {r['param_count']} | {r['dense_param_count']} | {r['mb']} |")
+  return "\n".join(lines)
+
+
+def single_batch_accuracies(workdir: str, batch: int = STUDY_BATCH) -> np.ndarray:
+  """Accuracy of each consecutive `batch`-row slice of the test split (full slices only)."""
+  with np.load(os.path.join(workdir, "test_predictions.npz")) as z:
+    prob, label = z["prob"], z["label"]
+  n = len(prob) // batch * batch
+  correct = ((prob[:n] > 0.5) == (label[:n] > 0.5)).reshape(-1, batch)
+  return correct.mean(axis=1)
+
+
+def _pareto(points):
+  """Indices of points not dominated in (smaller size, larger quality)."""
+  order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+  best, front = -np.inf, []
+  for i in order:
+    if points[i][1] > best:
+      front.append(i)
+      best = points[i][1]
+  return front
+
+
+def plot_pareto(rows, labels, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+  fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    sub = [r for r in rows if r["dataset"] == dataset]
+    pts = [(r["bytes_mean"] / 1e6, r["auc_mean"]) for r in sub]
+    for r, (x, y) in zip(sub, pts):
+      ax.scatter(x, y, s=40)
+      ax.annotate(labels.get(r["approach"], r["approach"]), (x, y), fontsize=7,
+                  xytext=(3, 3), textcoords="offset points")
+    front = [pts[i] for i in _pareto(pts)]
+    ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("model size (MB, float32, log scale)")
+    ax.set_ylabel("test AUC (mean over seeds)")
+    ax.set_title(dataset)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_logloss_vs_epoch(records, labels, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  datasets = list(dict.fromkeys(r["dataset"] for r in records))
+  fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    for (d, approach), runs in _group(records).items():
+      if d != dataset:
+        continue
+      curves = [[(h["epoch"], h["logloss"]) for h in r["history"] if h["split"] == "validation"]
+                for r in runs]
+      n = min(len(c) for c in curves)
+      if n == 0:
+        continue
+      epochs = [p[0] for p in curves[0][:n]]
+      mean = np.mean([[p[1] for p in c[:n]] for c in curves], axis=0)
+      ax.plot(epochs, mean, marker="o", ms=3, label=labels.get(approach, approach))
+    base = [r["metrics"]["baseline_logloss"] for r in records if r["dataset"] == dataset]
+    ax.axhline(np.mean(base), color="gray", ls=":", label="constant predictor (test)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation logloss (mean over seeds)")
+    ax.set_title(dataset)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_throughput_vs_rank(sweep, path):
+  """sweep: list of {method, rank_fraction, inference_examples_per_sec}."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4.2))
+  for method in dict.fromkeys(s["method"] for s in sweep):
+    pts = sorted((s["rank_fraction"], s["inference_examples_per_sec"]) for s in sweep
+                 if s["method"] == method)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+  ax.set_xlabel("rank fraction p (1.0 = dense)")
+  ax.set_ylabel("inference examples/s (batch 8192)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(out_dir: str, records, approaches, epochs, seconds: float, *, quick: bool,
+                 sweep=None) -> None:
+  labels = {k: v[0] for k, v in approaches.items()}
+  rows = summary_rows(records)
+  plot_pareto(rows, labels, os.path.join(out_dir, "quality_vs_size.png"))
+  plot_logloss_vs_epoch(records, labels, os.path.join(out_dir, "logloss_vs_epoch.png"))
+  if sweep:
+    plot_throughput_vs_rank(sweep, os.path.join(out_dir, "throughput_vs_rank.png"))
+
+  lines = ["# jaxrec reproduction of the study's experiments", ""]
+  lines.append(f"Command: `python -m experiments.reproduce --output_dir={out_dir}"
+               f"{' --quick' if quick else ''}` — {len(records)} runs in {seconds / 60:.1f} min.")
+  lines.append("")
+  lines.append("All metrics are on the **whole test split** of each dataset (random 80/10/10"
+               " train/validation/test split, seed 0); mean ± sample std over model seeds "
+               f"{sorted({r['seed'] for r in records})} (init, data order, dropout). Epochs: "
+               + ", ".join(f"{k}: {v}" for k, v in epochs.items() if any(r['dataset'] == k for r in records))
+               + ". Datasets: `criteo10k` = first 10,000 rows of Criteo Kaggle train.txt;"
+               " `syntheticN` = N synthetic Criteo-like rows (tables capped at 100k rows) with a"
+               " known teacher.")
+  lines += ["", "## Results", "", markdown_table(rows, labels), ""]
+  lines += ["![quality vs size](quality_vs_size.png)", "",
+            "![logloss vs epoch](logloss_vs_epoch.png)", ""]
+  if sweep:
+    lines += ["![throughput vs rank](throughput_vs_rank.png)", ""]
+
+  lines += ["## The study's accuracies were single-batch measurements", ""]
+  lines.append("The study's accuracies (80.469 = 103/128, 72.656 = 93/128, 75.781 = 97/128) are"
+               " multiples of 1/128: each was measured on one 128-example batch. On one batch the"
+               " standard error of an accuracy near 0.8 is sqrt(0.8·0.2/128) ≈ 0.035, larger than"
+               " the differences the study reports between approaches. Below, the accuracy of"
+               " every consecutive 128-row batch of the test split, for the baseline model:")
+  lines.append("")
+  lines.append("| dataset | batches | min | 5th pct | median | 95th pct | max | whole-split accuracy |"
+               " constant predictor |")
+  lines.append("|---|---|---|---|---|---|---|---|---|")
+  for r in records:
+    if r["approach"] != "baseline" or r["seed"] != 0:
+      continue
+    acc = single_batch_accuracies(r["workdir"])
+    if len(acc) == 0:
+      continue
+    q = np.percentile(acc, [5, 50, 95])
+    lines.append(f"| {r['dataset']} | {len(acc)} | {acc.min():.4f} | {q[0]:.4f} | {q[1]:.4f} |"
+                 f" {q[2]:.4f} | {acc.max():.4f} | {r['metrics']['accuracy']:.4f} |"
+                 f" {r['metrics']['baseline_accuracy']:.4f} |")
+  lines += ["", "Whole-split AUC and logloss separate approaches that single-batch accuracy"
+            " cannot; and accuracy itself is dominated by the class balance: the constant"
+            " predictor already scores the majority-class rate.", ""]
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump({"rows": rows, "records": [{k: v for k, v in r.items() if k != "history"}
+                                          for r in records], "sweep": sweep or []}, f, indent=1)
