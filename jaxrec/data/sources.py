@@ -30,15 +30,20 @@ class DataConfig:
 
 
 def load_splits(config: DataConfig) -> Splits:
+  return load_splits_and_vocabulary(config)[0]
+
+
+def load_splits_and_vocabulary(config: DataConfig) -> tuple[Splits, criteo.Vocabulary | None]:
+  """The splits and, for raw Criteo sources, the training vocabulary (None for synthetic)."""
   if config.source == "synthetic":
     data = synthetic.generate(synthetic.SyntheticConfig(
         num_rows=config.synthetic_rows, max_vocab=config.synthetic_max_vocab, seed=config.seed))
     train, val, test = random_split_indices(len(data), config.split, config.seed)
-    return Splits(data.take(train), data.take(val), data.take(test))
+    return Splits(data.take(train), data.take(val), data.take(test)), None
   raw = criteo.read_raw(config.source)
   train, val, test = random_split_indices(len(raw), config.split, config.seed)
   vocab = criteo.Vocabulary.build(raw.cat_keys[train], config.min_frequency)
   def encode(index):
     part = criteo.RawBlock(raw.label[index], raw.dense[index], raw.cat_keys[index], 1)
     return criteo.encode_raw(part, vocab)
-  return Splits(encode(train), encode(val), encode(test))
+  return Splits(encode(train), encode(val), encode(test)), vocab

@@ -20,12 +20,12 @@ from absl import logging
 
 from jaxrec.data import loader
 from jaxrec.data.dataset import CTRDataset
-from jaxrec.data.sources import DataConfig, load_splits
+from jaxrec.data.sources import DataConfig, load_splits_and_vocabulary
 from jaxrec.layers.embeddings import EmbeddingConfig
-from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
+from jaxrec.models.ctr_model import param_bytes, param_count
 from jaxrec.models.registry import ModelConfig
 from jaxrec.train import metrics as metrics_lib
-from jaxrec.train import sparse
+from jaxrec.train import run_dir, sparse
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
                                make_predict, make_train_step)
@@ -148,10 +148,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     with open(config_path) as f:
       check_resume_compatible(json.load(f), config)
 
-  splits = load_splits(config.data)
+  splits, vocabulary = load_splits_and_vocabulary(config.data)
   train_positive_rate = splits.train.positive_rate
-  model = CTRModel.create(config.model, config.embedding, splits.train.vocab_sizes,
-                          num_dense=splits.train.num_dense)
+  spec = run_dir.ModelSpec(config.model, config.embedding, splits.train.vocab_sizes,
+                           splits.train.num_dense)
+  run_dir.write_model_files(workdir, spec, vocabulary)  # what load_run / predict need
+  model = spec.build()
   dense_tx = dense_optimizer(config.optimizer, config.learning_rate)
   table_opt = sparse.create(config.resolved_embedding_optimizer,
                             config.embedding_learning_rate or config.learning_rate)

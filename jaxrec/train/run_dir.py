@@ -1,0 +1,147 @@
+"""A run directory as a usable model: what rebuilds the network and encodes its inputs.
+
+Besides ``config.json``, ``history.jsonl``, ``metrics.json`` and ``checkpoints/``,
+a run directory holds:
+
+* ``model_spec.json`` (`ModelSpec`): model and embedding configs, per-column
+  vocabulary sizes and the number of dense features: everything needed to
+  rebuild the network without the training data.
+* ``vocab.npz`` (`jaxrec.data.criteo.Vocabulary`): the training
+  vocabularies, when the run read raw Criteo rows, so that new raw rows are
+  encoded exactly as the training rows were.
+
+`load_run(workdir)` rebuilds the `CTRModel` and restores ``{"params",
+"tables"}`` from the latest checkpoint. The restored parameter tree decides the
+structure (e.g. a low-rank ``Dense`` holds ``u``, ``v`` instead of a kernel), so
+transformed models load with no extra bookkeeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrec.data.criteo import Vocabulary
+from jaxrec.layers.embeddings import EmbeddingConfig
+from jaxrec.models.ctr_model import CTRModel, Variables
+from jaxrec.models.registry import ModelConfig
+from jaxrec.train.checkpoint import Checkpointer
+
+MODEL_SPEC_FILE = "model_spec.json"
+VOCAB_FILE = "vocab.npz"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples frozen configs hold (hashable, static under jit)."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def dataclass_from_json(cls, data: dict, where: str):
+  """`cls(**data)` with lists made tuples; unknown keys are an error naming `where`."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(data) - names)
+  if unknown:
+    raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}"
+                     " (written by a newer jaxrec?)")
+  return cls(**{k: _tuples(v) for k, v in data.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Everything that rebuilds a trained network (not how it was trained)."""
+
+  model: ModelConfig
+  embedding: EmbeddingConfig
+  vocab_sizes: tuple[int, ...]
+  num_dense: int = 13
+
+  def build(self) -> CTRModel:
+    return CTRModel.create(self.model, self.embedding, self.vocab_sizes, self.num_dense)
+
+  def to_json(self) -> dict:
+    return {"model": dataclasses.asdict(self.model),
+            "embedding": dataclasses.asdict(self.embedding),
+            "vocab_sizes": list(self.vocab_sizes), "num_dense": self.num_dense}
+
+  @classmethod
+  def from_json(cls, data: dict, where: str = MODEL_SPEC_FILE) -> "ModelSpec":
+    return cls(model=dataclass_from_json(ModelConfig, data["model"], where),
+               embedding=dataclass_from_json(EmbeddingConfig, data["embedding"], where),
+               vocab_sizes=tuple(int(v) for v in data["vocab_sizes"]),
+               num_dense=int(data.get("num_dense", 13)))
+
+
+def write_model_files(workdir: str, spec: ModelSpec, vocabulary: Vocabulary | None = None
+                      ) -> None:
+  """Writes model_spec.json (and vocab.npz when given) into `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, MODEL_SPEC_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(spec.to_json(), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+  if vocabulary is not None:
+    tmp = os.path.join(workdir, "vocab.tmp.npz")
+    vocabulary.save(tmp)
+    os.replace(tmp, os.path.join(workdir, VOCAB_FILE))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A restored run: the model, its variables, and how to encode raw rows.
+
+  Attributes:
+    model: the rebuilt `CTRModel`.
+    variables: ``{"params": ..., "tables": ...}`` on the default device.
+    spec: the `ModelSpec` it was built from.
+    vocabulary: training vocabularies, or None (synthetic data, imports).
+    step: the checkpoint's step.
+    workdir: the run directory.
+  """
+
+  model: CTRModel
+  variables: Variables
+  spec: ModelSpec
+  vocabulary: Vocabulary | None
+  step: int
+  workdir: str
+
+
+def load_spec(workdir: str) -> ModelSpec:
+  path = os.path.join(workdir, MODEL_SPEC_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{workdir}: no {MODEL_SPEC_FILE}; expected a run directory written by"
+        " experiments.train or experiments.import_dlrm")
+  with open(path) as f:
+    return ModelSpec.from_json(json.load(f), where=path)
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+  """Rebuilds the model of run `workdir` and restores its latest (or `step`) checkpoint.
+
+  Raises:
+    FileNotFoundError: not a run directory, or no checkpoint in it.
+  """
+  spec = load_spec(workdir)
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    raise FileNotFoundError(f"{workdir}: no {CHECKPOINT_DIR}/ directory")
+  checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  try:
+    state, meta = checkpointer.restore(step=step)
+  finally:
+    checkpointer.close()
+  variables = {"params": state["params"], "tables": state["tables"]}
+  variables = jax.tree_util.tree_map(jnp.asarray, variables)
+  vocab_path = os.path.join(workdir, VOCAB_FILE)
+  vocabulary = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
+  return Run(model=spec.build(), variables=variables, spec=spec, vocabulary=vocabulary,
+             step=int(meta["step"]), workdir=workdir)
