@@ -1,0 +1,421 @@
+r"""Training and inference throughput of the DLRM Criteo configuration (and friends).
+
+  python -m experiments.benchmark --output_dir=runs/bench            # full suite
+  python -m experiments.benchmark --output_dir=runs/bench --quick    # < 2 minutes
+
+Measures the machine's float32 matmul peak, then examples/s of the jitted train
+step (sparse SGD, state donated) and of inference for bottom 13-512-256-64-16,
+d = 16, dot interaction, top 512-256-1, at batch 128 / 2048 / 8192, with 26 x
+100k tables and with the real Criteo Kaggle cardinalities (33.8M rows, 2.2 GB).
+AFM (`--model=afm`, when registered in `jaxrec.models.MODELS`) and
+`rank_fraction` 0.5 (SVD via `jaxrec.factorize`, when present) run beside DLRM;
+missing ones are skipped with a message. Inputs are deterministic synthetic
+batches with Zipf-skewed ids, generated and moved to the device before timing.
+
+Prints a table and writes DIR/benchmark.json, a list of records with keys
+workload, model, batch_size, tables, rank_fraction, examples_per_sec,
+compile_seconds, peak_rss_bytes, flops_per_example, fraction_of_peak, device
+(plus a few extras: compiles, peak_flops_per_sec, loadavg, ...).
+``flops_per_example`` counts the matmuls of the traced step (forward and
+backward for training); ``fraction_of_peak`` = flops_per_example x
+examples_per_sec / measured matmul peak. ``peak_rss_bytes`` is the process's
+resident-set high-water mark during the record (reset before each record where
+Linux allows, else the process peak so far). `--profile_dir` writes one JAX
+profiler trace per record (a few steps each); open it with TensorBoard's
+profile plugin or https://ui.perfetto.dev (see README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("output_dir", None, "Directory for benchmark.json.")
+flags.DEFINE_bool("quick", False, "Small run (26x100k tables, batch 128 and 2048, short "
+                  "windows): under 2 minutes on 2 CPU cores.")
+flags.DEFINE_string("profile_dir", None, "Write a JAX profiler trace per record here.")
+flags.DEFINE_list("models", ["dlrm", "afm"], "Models to run (skipped if not registered).")
+flags.DEFINE_list("rank_fractions", ["1.0", "0.5"],
+                  "DLRM rank fractions (1.0 = dense; others need jaxrec.factorize).")
+flags.DEFINE_list("batch_sizes", ["128", "2048", "8192"], "Batch sizes.")
+flags.DEFINE_list("tables", ["100k", "kaggle"], "Table sets: 100k (26 x 100,000 rows) and/or"
+                  " kaggle (real Criteo Kaggle cardinalities, 33.8M rows).")
+flags.DEFINE_list("workloads", ["train", "inference"], "Workloads to time.")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
+flags.DEFINE_float("min_seconds", 2.0, "Length of each timed window.")
+flags.DEFINE_integer("repeats", 3, "Timed windows per record (the median is reported).")
+flags.DEFINE_integer("num_batches", 8, "Distinct pre-generated batches cycled through.")
+flags.DEFINE_float("zipf_exponent", 1.1, "Skew of the synthetic ids.")
+flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and of init.")
+
+TABLE_SETS = ("100k", "kaggle")
+RECORD_KEYS = ("workload", "model", "batch_size", "tables", "rank_fraction", "examples_per_sec",
+               "compile_seconds", "peak_rss_bytes", "flops_per_example", "fraction_of_peak",
+               "device")
+
+
+class FlagError(ValueError):
+  """A bad flag value: reported in one line, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """What to run; built from flags by `config_from_flags`."""
+
+  output_dir: str
+  models: tuple[str, ...] = ("dlrm", "afm")
+  rank_fractions: tuple[float, ...] = (1.0, 0.5)
+  batch_sizes: tuple[int, ...] = (128, 2048, 8192)
+  tables: tuple[str, ...] = ("100k", "kaggle")
+  workloads: tuple[str, ...] = ("train", "inference")
+  compute_dtype: str = "float32"
+  min_seconds: float = 2.0
+  repeats: int = 3
+  num_batches: int = 8
+  zipf_exponent: float = 1.1
+  seed: int = 0
+  profile_dir: str | None = None
+
+
+def config_from_flags() -> BenchConfig:
+  if not FLAGS.output_dir:
+    raise FlagError("--output_dir is required")
+  try:
+    batch_sizes = tuple(int(b) for b in FLAGS.batch_sizes)
+    fractions = tuple(float(r) for r in FLAGS.rank_fractions)
+  except ValueError:
+    raise FlagError("--batch_sizes and --rank_fractions take comma-separated numbers") from None
+  if not batch_sizes or any(b < 1 for b in batch_sizes):
+    raise FlagError(f"--batch_sizes={','.join(FLAGS.batch_sizes)}: must be positive")
+  if any(not 0.0 < r <= 1.0 for r in fractions):
+    raise FlagError(f"--rank_fractions={','.join(FLAGS.rank_fractions)}: each in (0, 1]")
+  bad = [t for t in FLAGS.tables if t not in TABLE_SETS]
+  if bad:
+    raise FlagError(f"--tables: unknown {bad}; choose from {', '.join(TABLE_SETS)}")
+  bad = [w for w in FLAGS.workloads if w not in ("train", "inference")]
+  if bad:
+    raise FlagError(f"--workloads: unknown {bad}; choose from train, inference")
+  if FLAGS.min_seconds <= 0 or FLAGS.repeats < 1 or FLAGS.num_batches < 1:
+    raise FlagError("--min_seconds must be > 0, --repeats and --num_batches >= 1")
+  config = BenchConfig(
+      output_dir=FLAGS.output_dir, models=tuple(FLAGS.models), rank_fractions=fractions,
+      batch_sizes=batch_sizes, tables=tuple(FLAGS.tables), workloads=tuple(FLAGS.workloads),
+      compute_dtype=FLAGS.compute_dtype, min_seconds=FLAGS.min_seconds, repeats=FLAGS.repeats,
+      num_batches=FLAGS.num_batches, zipf_exponent=FLAGS.zipf_exponent, seed=FLAGS.seed,
+      profile_dir=FLAGS.profile_dir)
+  if FLAGS.quick:  # flags given explicitly still win over the quick defaults
+    quick = {"tables": ("100k",), "batch_sizes": (128, 2048), "min_seconds": 0.5,
+             "repeats": 1, "num_batches": 4}
+    quick = {k: v for k, v in quick.items() if not FLAGS[k].present}
+    config = dataclasses.replace(config, **quick)
+  return config
+
+
+# ----------------------------------------------------------------------------- measurement
+
+def _rss_reset() -> bool:
+  """Resets the kernel's RSS high-water mark (VmHWM) of this process if possible."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def _rss_peak() -> int:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _loadavg() -> float | None:
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return None
+
+
+def device_name() -> str:
+  import jax
+  d = jax.devices()[0]
+  return f"{d.platform}:{d.device_kind}"
+
+
+def matmul_peak(seconds: float = 1.0) -> float:
+  """Best float32 matmul rate (FLOP/s) of the default device, n x n x n."""
+  import jax
+  import jax.numpy as jnp
+  n = 1024 if jax.devices()[0].platform == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  best, reps, start = 0.0, 1, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    tic = time.perf_counter()
+    for _ in range(reps):
+      out = f(a, b)
+    out.block_until_ready()
+    dt = time.perf_counter() - tic
+    best = max(best, reps * 2.0 * n**3 / dt)
+    if dt < 0.05:
+      reps *= 2
+  return best
+
+
+def synthetic_batches(vocab_sizes, batch_size: int, count: int, zipf_exponent: float,
+                      seed: int) -> list[dict]:
+  """`count` deterministic batches (numpy) with Zipf-skewed ids per column."""
+  import numpy as np
+  from jaxrec.data.synthetic import zipf_ids
+  rng = np.random.default_rng([seed, batch_size])
+  out = []
+  for _ in range(count):
+    cat = np.stack([zipf_ids(rng, batch_size, n, zipf_exponent) for n in vocab_sizes], axis=1)
+    counts = rng.lognormal(1.0, 1.5, size=(batch_size, 13)).round()
+    out.append({"dense": np.log1p(counts).astype(np.float32), "cat": cat.astype(np.int32),
+                "label": (rng.random(batch_size) < 0.25).astype(np.float32),
+                "mask": np.ones(batch_size, np.float32)})
+  return out
+
+
+def _time_windows(run_steps, steps: int, windows: int) -> list[float]:
+  """Seconds of each of `windows` runs of `steps` steps (one sync at each window end)."""
+  out = []
+  for _ in range(windows):
+    tic = time.perf_counter()
+    run_steps(steps)
+    out.append(time.perf_counter() - tic)
+  return out
+
+
+def _calibrate(run_steps, min_seconds: float) -> int:
+  """Steps that fill about `min_seconds`, from a short timed run."""
+  steps, elapsed = 2, 0.0
+  while True:
+    tic = time.perf_counter()
+    run_steps(steps)
+    elapsed = time.perf_counter() - tic
+    if elapsed > 0.2 or steps >= 4096:
+      break
+    steps *= 4
+  return max(3, int(steps * min_seconds / max(elapsed, 1e-9)))
+
+
+# ----------------------------------------------------------------------------- variants
+
+@dataclasses.dataclass
+class Variant:
+  """One model variant on one table set: a built model and its variables."""
+
+  model_name: str
+  rank_fraction: float
+  model: object
+  variables: dict
+  regularizer: object = None
+
+
+def build_variant(model_name: str, rank_fraction: float, vocab_sizes, compute_dtype: str,
+                  seed: int) -> Variant | str:
+  """The variant, or a string saying why it is skipped."""
+  import jax
+  from jaxrec.layers.embeddings import EmbeddingConfig
+  from jaxrec.models import registry
+  from jaxrec.models.ctr_model import CTRModel
+
+  if model_name not in registry.MODELS:
+    return f"model {model_name!r} is not registered in jaxrec.models.MODELS"
+  model_config = registry.ModelConfig(name=model_name, compute_dtype=compute_dtype)
+  embedding_config = EmbeddingConfig(dim=16)
+  if hasattr(registry, "embedding_config_for"):  # e.g. AFM's first-order rows
+    embedding_config = registry.embedding_config_for(model_config, embedding_config)
+  try:
+    model = CTRModel.create(model_config, embedding_config, tuple(vocab_sizes))
+  except ValueError as e:
+    return f"{model_name}: {e}"
+  variables = model.init(jax.random.key(seed))
+  if rank_fraction < 1.0:
+    try:
+      from jaxrec import factorize
+      params, _ = factorize.svd(variables["params"],
+                                factorize.FactorizeConfig(method="svd", rank_fraction=rank_fraction))
+    except (ImportError, AttributeError) as e:
+      return f"rank_fraction {rank_fraction}: jaxrec.factorize svd not available ({e})"
+    variables = {**variables, "params": params}
+  return Variant(model_name, rank_fraction, model, variables)
+
+
+def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str | None) -> dict:
+  import jax
+  from jaxrec.train import profiling, sparse
+  from jaxrec.train.step import TrainState, dense_optimizer, make_train_step
+
+  dense_tx = dense_optimizer("sgd", 0.01)
+  table_opt = sparse.sgd(0.01)
+  state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32),
+                     params=variant.variables["params"], tables=variant.variables["tables"],
+                     opt_state=dense_tx.init(variant.variables["params"]),
+                     table_opt_state=table_opt.init(variant.variables["tables"]))
+  step_fn = make_train_step(variant.model, dense_tx, table_opt, jax.random.key(config.seed + 1))
+  flops = profiling.matmul_flops(step_fn, state, batches[0]) / len(batches[0]["label"])
+  holder = {"state": state}
+
+  def run_steps(n):
+    s = holder["state"]
+    for i in range(n):
+      s, metrics = step_fn(s, batches[i % len(batches)])
+    jax.block_until_ready((s.step, metrics))
+    holder["state"] = s
+
+  with profiling.count_compiles() as compiles:
+    tic = time.perf_counter()
+    run_steps(1)
+    compile_seconds = time.perf_counter() - tic
+    steps = _calibrate(run_steps, config.min_seconds)
+    windows = _time_windows(run_steps, steps, config.repeats)
+  if record_dir:
+    with jax.profiler.trace(record_dir):
+      run_steps(3)
+  # The state lives on in `holder` so the caller can reuse the updated tables.
+  variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
+  return {"compile_seconds": compile_seconds, "compiles": compiles.count,
+          "flops_per_example": flops, "steps": steps, "windows": windows}
+
+
+def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: str | None) -> dict:
+  import jax
+  from jaxrec.train import profiling
+  from jaxrec.train.step import make_predict
+
+  predict = make_predict(variant.model)
+  params, tables = variant.variables["params"], variant.variables["tables"]
+  flops = profiling.matmul_flops(
+      lambda p, t, d, c: variant.model.apply({"params": p, "tables": t}, d, c),
+      params, tables, batches[0]["dense"], batches[0]["cat"]) / len(batches[0]["label"])
+
+  def run_steps(n):
+    outs = [predict(params, tables, batches[i % len(batches)]["dense"],
+                    batches[i % len(batches)]["cat"]) for i in range(n)]
+    jax.block_until_ready(outs)
+
+  with profiling.count_compiles() as compiles:
+    tic = time.perf_counter()
+    run_steps(1)
+    compile_seconds = time.perf_counter() - tic
+    steps = _calibrate(run_steps, config.min_seconds)
+    windows = _time_windows(run_steps, steps, config.repeats)
+  if record_dir:
+    with jax.profiler.trace(record_dir):
+      run_steps(3)
+  return {"compile_seconds": compile_seconds, "compiles": compiles.count,
+          "flops_per_example": flops, "steps": steps, "windows": windows}
+
+
+# ----------------------------------------------------------------------------- driver
+
+def run(config: BenchConfig, log=print) -> list[dict]:
+  """Runs the suite; returns the records (also written to output_dir/benchmark.json)."""
+  import jax
+  from jaxrec.data.synthetic import KAGGLE_CARDINALITIES
+
+  os.makedirs(config.output_dir, exist_ok=True)
+  device = device_name()
+  log(f"device {device}; jax {jax.__version__}; loadavg {_loadavg()}")
+  peak = matmul_peak()
+  log(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+  log(HEADER)
+  variants = [(m, 1.0) for m in config.models]
+  if "dlrm" in config.models:
+    variants += [("dlrm", r) for r in config.rank_fractions if r < 1.0]
+  variants.sort(key=lambda v: (v[0] != "dlrm", -v[1]))
+  if 1.0 not in config.rank_fractions:
+    variants = [v for v in variants if v[1] < 1.0 or v[0] != "dlrm"]
+  records = []
+  out_path = os.path.join(config.output_dir, "benchmark.json")
+  for tables in config.tables:
+    vocab = (100_000,) * 26 if tables == "100k" else KAGGLE_CARDINALITIES
+    data = {b: jax.device_put(synthetic_batches(vocab, b, config.num_batches,
+                                                config.zipf_exponent, config.seed))
+            for b in config.batch_sizes}
+    for model_name, fraction in variants:
+      _rss_reset()
+      variant = build_variant(model_name, fraction, vocab, config.compute_dtype, config.seed)
+      if isinstance(variant, str):
+        log(f"skipped: {variant}")
+        continue
+      for workload in config.workloads:
+        for batch_size in config.batch_sizes:
+          name = f"{workload}-{model_name}-r{fraction:g}-{tables}-b{batch_size}"
+          record_dir = (os.path.join(config.profile_dir, name) if config.profile_dir else None)
+          bench = bench_train if workload == "train" else bench_inference
+          reset = _rss_reset()
+          result = bench(variant, data[batch_size], config, record_dir)
+          seconds = statistics.median(result["windows"])
+          rate = result["steps"] * batch_size / seconds
+          record = {
+              "workload": workload, "model": model_name, "batch_size": batch_size,
+              "tables": tables, "rank_fraction": fraction, "examples_per_sec": rate,
+              "compile_seconds": result["compile_seconds"], "peak_rss_bytes": _rss_peak(),
+              "flops_per_example": result["flops_per_example"],
+              "fraction_of_peak": result["flops_per_example"] * rate / peak,
+              "device": device,
+              "compute_dtype": config.compute_dtype, "compiles": result["compiles"],
+              "peak_flops_per_sec": peak, "steps_per_window": result["steps"],
+              "window_examples_per_sec": [result["steps"] * batch_size / w
+                                          for w in result["windows"]],
+              "rss_peak_is_per_record": reset, "loadavg": _loadavg(),
+          }
+          records.append(record)
+          log(format_row(record))
+          with open(out_path, "w") as f:  # rewritten after each record: partial runs count
+            json.dump(records, f, indent=1)
+      del variant
+  return records
+
+
+HEADER = (f"{'workload':9s} {'model':6s} {'rank':>4s} {'tables':6s} {'batch':>5s} "
+          f"{'examples/s':>11s} {'MFLOP/ex':>8s} {'%peak':>6s} {'compile s':>9s} {'RSS GiB':>7s}")
+
+
+def format_row(r: dict) -> str:
+  return (f"{r['workload']:9s} {r['model']:6s} {r['rank_fraction']:4g} {r['tables']:6s} "
+          f"{r['batch_size']:5d} {r['examples_per_sec']:11,.0f} "
+          f"{r['flops_per_example'] / 1e6:8.3f} {100 * r['fraction_of_peak']:5.1f}% "
+          f"{r['compile_seconds']:9.2f} {r['peak_rss_bytes'] / 2**30:7.2f}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    config = config_from_flags()
+  except FlagError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  start = time.perf_counter()
+  records = run(config, log=lambda s: print(s, flush=True))
+  print(f"\n{HEADER}")
+  for r in records:
+    print(format_row(r))
+  print(f"wrote {os.path.join(config.output_dir, 'benchmark.json')}"
+        f" ({len(records)} records, {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+  app.run(main)

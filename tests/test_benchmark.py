@@ -1,0 +1,41 @@
+"""Smoke test of experiments.benchmark on a tiny run (record keys and FLOP counts)."""
+
+import json
+import os
+
+import pytest
+
+from experiments import benchmark
+
+
+@pytest.mark.slow
+def test_benchmark_writes_records_with_the_issue_keys(tmp_path):
+  config = benchmark.BenchConfig(
+      output_dir=str(tmp_path), models=("dlrm", "no_such_model"), rank_fractions=(1.0,),
+      batch_sizes=(32,), tables=("100k",), min_seconds=0.01, repeats=1, num_batches=2)
+  logs = []
+  records = benchmark.run(config, log=logs.append)
+  with open(os.path.join(tmp_path, "benchmark.json")) as f:
+    assert json.load(f) == records
+  assert [(r["workload"], r["batch_size"]) for r in records] == [("train", 32), ("inference", 32)]
+  assert any("no_such_model" in line and "skipped" in line for line in logs)
+  for r in records:
+    assert set(benchmark.RECORD_KEYS) <= set(r)
+    assert r["model"] == "dlrm" and r["tables"] == "100k" and r["rank_fraction"] == 1.0
+    assert r["examples_per_sec"] > 0 and r["peak_rss_bytes"] > 2**20
+    assert r["compiles"] == 1  # timed steps never recompile
+    assert r["fraction_of_peak"] == pytest.approx(
+        r["flops_per_example"] * r["examples_per_sec"] / r["peak_flops_per_sec"])
+  inference = records[1]["flops_per_example"]
+  assert inference == 972_064
+  # Forward + backward: about 3x the forward matmuls (the dense input gets no gradient).
+  assert 2.9 * inference < records[0]["flops_per_example"] < 3.0 * inference
+
+
+def test_synthetic_batches_are_deterministic_and_skewed():
+  a = benchmark.synthetic_batches((1000, 50), 4096, 2, 1.1, seed=3)
+  b = benchmark.synthetic_batches((1000, 50), 4096, 2, 1.1, seed=3)
+  assert all((x[k] == y[k]).all() for x, y in zip(a, b) for k in x)
+  cat = a[0]["cat"]
+  assert cat.shape == (4096, 2) and cat[:, 0].max() < 1000 and cat[:, 1].max() < 50
+  assert (cat[:, 0] < 10).mean() > 0.3  # Zipf: the 1% most popular ids take a large share
