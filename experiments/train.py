@@ -44,6 +44,12 @@ flags.DEFINE_string("top_mlp", "512-256-1", "Top MLP layer sizes, dash-separated
 flags.DEFINE_enum("interaction", "dot", ["dot", "cat"], "DLRM feature interaction.")
 flags.DEFINE_bool("interaction_itself", False, "Include self dot products (reference option).")
 flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
+flags.DEFINE_integer("attention_factor", 16, "AFM attention network size t (afm, afm_classic).")
+flags.DEFINE_float("dropout", 0.5, "Dropout on the AFM/FM pooled pairwise layer (afm, afm_classic, fm).")
+flags.DEFINE_float("attention_l2", 0.0, "L2 weight on the AFM attention kernel W (0 = off).")
+flags.DEFINE_bool("attention_heatmap", False,
+                  "afm/afm_classic: write the mean test-split attention per field pair to"
+                  " <output_dir>/attention_heatmap.png and attention.json.")
 flags.DEFINE_integer("seed", 0, "Seed of init, data, split and dropout.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 = each epoch).")
 flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
@@ -70,7 +76,7 @@ def config_from_flags():
   """Validated flags -> TrainConfig. Raises FlagError with a one-line message."""
   from jaxrec.data.sources import DataConfig
   from jaxrec.layers.embeddings import EmbeddingConfig
-  from jaxrec.models.registry import MODELS, ModelConfig
+  from jaxrec.models.registry import MODELS, ModelConfig, embedding_config_for
   from jaxrec.train.loop import TrainConfig
 
   if FLAGS.model not in MODELS:
@@ -103,6 +109,18 @@ def config_from_flags():
   if FLAGS.model == "dlrm" and FLAGS.interaction == "dot" and bottom[-1] != FLAGS.embedding_dim:
     raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
                     f"{FLAGS.embedding_dim} for the dot interaction")
+  if FLAGS.attention_factor < 1:
+    raise FlagError(f"--attention_factor={FLAGS.attention_factor}: must be >= 1")
+  if not 0.0 <= FLAGS.dropout < 1.0:
+    raise FlagError(f"--dropout={FLAGS.dropout}: must be in [0, 1)")
+  if FLAGS.attention_l2 < 0:
+    raise FlagError(f"--attention_l2={FLAGS.attention_l2}: must be >= 0")
+  if FLAGS.attention_heatmap and FLAGS.model not in ("afm", "afm_classic"):
+    raise FlagError(f"--attention_heatmap: --model={FLAGS.model} has no learned attention"
+                    " (use afm or afm_classic)")
+  if FLAGS.model == "afm" and bottom[-1] != FLAGS.embedding_dim:
+    raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
+                    f"{FLAGS.embedding_dim} for afm")
   if FLAGS.resume and not FLAGS.output_dir:
     raise FlagError("--resume needs --output_dir (the run to continue)")
 
@@ -111,8 +129,9 @@ def config_from_flags():
                     min_frequency=FLAGS.min_frequency, split=split, seed=FLAGS.seed)
   model = ModelConfig(name=FLAGS.model, bottom_mlp=bottom, top_mlp=top,
                       interaction=FLAGS.interaction, self_interaction=FLAGS.interaction_itself,
-                      compute_dtype=FLAGS.compute_dtype)
-  embedding = EmbeddingConfig(dim=FLAGS.embedding_dim)
+                      compute_dtype=FLAGS.compute_dtype, attention_factor=FLAGS.attention_factor,
+                      dropout=FLAGS.dropout, attention_l2=FLAGS.attention_l2)
+  embedding = embedding_config_for(model, EmbeddingConfig(dim=FLAGS.embedding_dim))
   return TrainConfig(
       model=model, embedding=embedding, data=data, optimizer=FLAGS.optimizer,
       learning_rate=FLAGS.learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
@@ -157,8 +176,13 @@ def main(argv):
       "runs", f"{FLAGS.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   from jaxrec.data.criteo import CriteoFormatError
   from jaxrec.train.loop import ResumeError, train_and_evaluate
+  on_end = None
+  if FLAGS.attention_heatmap:
+    from experiments.attention_heatmap import write_attention_report
+    on_end = lambda model, variables, splits: write_attention_report(
+        model, variables, splits.test, output_dir, config.eval_batch_size)
   try:
-    metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume)
+    metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end)
   except (CriteoFormatError, ResumeError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -17,7 +17,7 @@ from flax import linen as nn
 
 from jaxrec.layers import embeddings
 from jaxrec.layers.embeddings import EmbeddingConfig, EmbeddingLayout
-from jaxrec.models.registry import ModelConfig, build_network
+from jaxrec.models.registry import ModelConfig, build_network, embedding_config_for
 
 Variables = dict[str, Any]
 
@@ -31,6 +31,7 @@ class CTRModel:
   @classmethod
   def create(cls, model_config: ModelConfig, embedding_config: EmbeddingConfig,
              vocab_sizes: tuple[int, ...], num_dense: int = 13) -> "CTRModel":
+    embedding_config = embedding_config_for(model_config, embedding_config)
     layout = EmbeddingLayout(embedding_config, tuple(int(v) for v in vocab_sizes))
     return cls(build_network(model_config, layout), layout, num_dense)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxrec.layers.embeddings import EmbeddingLayout
-from jaxrec.models import dlrm
+from jaxrec.layers import afm as afm_layer
+from jaxrec.layers.embeddings import EmbeddingConfig, EmbeddingLayout
+from jaxrec.models import afm, afm_classic, dlrm, fm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +24,9 @@ class ModelConfig:
     interaction: DLRM interaction, "dot" or "cat".
     self_interaction: DLRM dot interaction includes <t_i, t_i>.
     compute_dtype: "float32" or "bfloat16" for MLP matmuls.
+    attention_factor: AFM attention network size t (afm, afm_classic).
+    dropout: dropout on the AFM/FM pooled pairwise layer (afm, afm_classic, fm).
+    attention_l2: L2 weight on the AFM attention kernel W (0 = off).
   """
 
   name: str = "dlrm"
@@ -30,6 +35,9 @@ class ModelConfig:
   interaction: str = "dot"
   self_interaction: bool = False
   compute_dtype: str = "float32"
+  attention_factor: int = 16
+  dropout: float = 0.5
+  attention_l2: float = 0.0
 
   @property
   def dtype(self):
@@ -47,10 +55,61 @@ def _build_dlrm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
                    dtype=config.dtype)
 
 
+def _check_afm(config: ModelConfig, layout: EmbeddingLayout) -> None:
+  if not layout.config.first_order:
+    raise ValueError(f"{config.name} needs first-order rows: use"
+                     " registry.embedding_config_for(model_config, embedding_config)")
+  if config.attention_factor < 1:
+    raise ValueError(f"attention_factor must be >= 1, got {config.attention_factor}")
+  if not 0.0 <= config.dropout < 1.0:
+    raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+
+
+def _build_afm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  _check_afm(config, layout)
+  if config.bottom_mlp[-1] != layout.config.dim:
+    raise ValueError(f"afm needs the bottom MLP to end in the embedding dim"
+                     f" {layout.config.dim}, got {config.bottom_mlp[-1]}")
+  return afm.AFM(layout=layout, bottom_mlp=config.bottom_mlp,
+                 attention_factor=config.attention_factor, dropout=config.dropout,
+                 dtype=config.dtype)
+
+
+def _build_afm_classic(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  _check_afm(config, layout)
+  return afm_classic.AFMClassic(layout=layout, attention_factor=config.attention_factor,
+                                dropout=config.dropout, dtype=config.dtype)
+
+
+def _build_fm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  _check_afm(config, layout)
+  return fm.FM(layout=layout, dropout=config.dropout, dtype=config.dtype)
+
+
 # name -> (config, layout) -> Linen network with signature (dense, rows, *, train) -> logits.
 MODELS: dict[str, Callable[[ModelConfig, EmbeddingLayout], nn.Module]] = {
     "dlrm": _build_dlrm,
+    "afm": _build_afm,
+    "afm_classic": _build_afm_classic,
+    "fm": _build_fm,
 }
+
+# Models with first-order terms: their layouts need the width-1 "first_order" table.
+FIRST_ORDER_MODELS = frozenset({"afm", "afm_classic", "fm"})
+
+
+def embedding_config_for(config: ModelConfig, embedding: EmbeddingConfig) -> EmbeddingConfig:
+  """`embedding` with the tables model `config` needs (first-order scalars for AFM/FM)."""
+  if config.name in FIRST_ORDER_MODELS and not embedding.first_order:
+    return dataclasses.replace(embedding, first_order=True)
+  return embedding
+
+
+def build_regularizer(config: ModelConfig) -> Callable | None:
+  """`params -> penalty` added to the training loss, or None (AFM's L2 on the attention W)."""
+  if config.attention_l2 > 0 and config.name in ("afm", "afm_classic"):
+    return functools.partial(afm_layer.attention_l2, weight=config.attention_l2)
+  return None
 
 
 def build_network(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -22,8 +22,8 @@ from jaxrec.data import loader
 from jaxrec.data.dataset import CTRDataset
 from jaxrec.data.sources import DataConfig, load_splits_and_vocabulary
 from jaxrec.layers.embeddings import EmbeddingConfig
-from jaxrec.models.ctr_model import param_bytes, param_count
-from jaxrec.models.registry import ModelConfig
+from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
+from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
 from jaxrec.train import run_dir, sparse
 from jaxrec.train.checkpoint import Checkpointer
@@ -139,8 +139,13 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = False) -> dict:
-  """Trains, evaluates on the whole test split, writes reports; returns metrics.json's dict."""
+def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = False,
+                       on_end: Callable[[CTRModel, dict, Any], None] | None = None) -> dict:
+  """Trains, evaluates on the whole test split, writes reports; returns metrics.json's dict.
+
+  `on_end(model, variables, splits)`, if given, runs on the final variables
+  (e.g. to write the attention heat-map).
+  """
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")
   history_path = os.path.join(workdir, "history.jsonl")
@@ -159,7 +164,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                             config.embedding_learning_rate or config.learning_rate)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(model, init_key, dense_tx, table_opt)
-  train_step = make_train_step(model, dense_tx, table_opt, dropout_key)
+  train_step = make_train_step(model, dense_tx, table_opt, dropout_key,
+                               regularizer=build_regularizer(config.model))
   predict = make_predict(model)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -271,4 +277,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       "device": str(jax.devices()[0].device_kind),
   }
   _write_json(os.path.join(workdir, "metrics.json"), report)
+  if on_end is not None:
+    on_end(model, variables, splits)
   return report

@@ -1,0 +1,165 @@
+"""The attentional factorization machine's pairwise layer (Xiao et al. 2017).
+
+Over field vectors v_1..v_F ([B, F, k]) the layer forms every pair product
+v_i ⊙ v_j (i < j; P = F(F-1)/2 pairs, one static gather per side), scores each
+with the attention network a'_ij = hᵀ ReLU(W (v_i ⊙ v_j) + b), normalises the
+scores with a softmax over pairs and pools the products with those weights:
+
+    pooled = Σ_ij a_ij (v_i ⊙ v_j)   ->   [B, k]
+
+The caller projects `pooled` with pᵀ (`AFMHead`). The attention W is a
+`jaxrec.layers.mlp.Dense`, so low-rank transforms of the parameter tree apply
+to it. With ``attention=False`` the weights are uniform (1 / number of present
+pairs) and the layer is a factorization machine, computed in O(F k) with the
+identity Σ_{i<j} v_i ⊙ v_j = ½[(Σ v)² − Σ v²].
+
+An optional ``mask`` [B, F] (1 = present) removes fields from the pairs: a pair
+with an absent field gets weight exactly 0 (Xiao et al. sum over the non-zero
+features of a sparse input; `afm_classic` masks zero-valued dense fields).
+The attention weights are sown as ``intermediates/.../attention_weights`` [B, P] for
+`jaxrec.models.attention_map`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxrec.layers.mlp import Dense
+
+
+def upper_pairs(num_fields: int) -> tuple[np.ndarray, np.ndarray]:
+  """(i, j) index arrays of all pairs i < j, row-major (0,1), (0,2), ..., (F-2,F-1)."""
+  i, j = np.triu_indices(num_fields, k=1)
+  return i.astype(np.int32), j.astype(np.int32)
+
+
+def pair_products(fields: jax.Array) -> jax.Array:
+  """All v_i ⊙ v_j for i < j: [B, F, k] -> [B, P, k] (two static gathers)."""
+  i, j = upper_pairs(fields.shape[1])
+  return fields[:, i, :] * fields[:, j, :]
+
+
+def fm_pooled(fields: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """FM pooling with uniform weights: ½[(Σv)² − Σv²] / (number of present pairs), [B, k]."""
+  if mask is not None:
+    fields = fields * mask[..., None].astype(fields.dtype)
+    n = jnp.sum(mask.astype(fields.dtype), axis=1)
+  else:
+    n = jnp.full(fields.shape[:1], fields.shape[1], fields.dtype)
+  s = jnp.sum(fields, axis=1)
+  pair_sum = 0.5 * (s * s - jnp.sum(fields * fields, axis=1))
+  num_pairs = jnp.maximum(0.5 * n * (n - 1.0), 1.0)
+  return pair_sum / num_pairs[:, None]
+
+
+def masked_softmax(scores: jax.Array, pair_mask: jax.Array | None) -> jax.Array:
+  """Softmax over the last axis that gives masked entries weight exactly 0."""
+  if pair_mask is None:
+    return jax.nn.softmax(scores, axis=-1)
+  present = pair_mask > 0
+  top = jnp.max(jnp.where(present, scores, -jnp.inf), axis=-1, keepdims=True)
+  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+  # The inner where keeps exp's argument finite, so masked entries get zero gradient.
+  e = jnp.where(present, jnp.exp(jnp.where(present, scores, top) - top), 0.0)
+  return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
+
+
+def _vector_init(key: jax.Array, shape: tuple[int], dtype=jnp.float32) -> jax.Array:
+  """N(0, 1/n) for the projection vectors h and p."""
+  return jax.random.normal(key, shape, dtype) / jnp.sqrt(shape[0]).astype(dtype)
+
+
+class AFMPooling(nn.Module):
+  """Attention-pooled pair products [B, F, k] -> [B, k].
+
+  Attributes:
+    attention_factor: hidden size t of the attention network.
+    attention: learn the weights (AFM); False = uniform weights (FM).
+    dtype: compute dtype of the attention matmul.
+  """
+
+  attention_factor: int = 16
+  attention: bool = True
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, fields: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    if not self.attention:
+      return fm_pooled(fields, mask)
+    products = pair_products(fields)  # [B, P, k]
+    hidden = nn.relu(Dense(self.attention_factor, dtype=self.dtype, name="attention")(products))
+    h = self.param("h", _vector_init, (self.attention_factor,))
+    scores = jnp.einsum("bpt,t->bp", hidden.astype(jnp.float32), h)
+    pair_mask = None
+    if mask is not None:
+      i, j = upper_pairs(fields.shape[1])
+      pair_mask = mask[:, i] * mask[:, j]
+    weights = masked_softmax(scores, pair_mask)
+    self.sow("intermediates", "attention_weights", weights)
+    return jnp.einsum("bp,bpk->bk", weights, products.astype(jnp.float32))
+
+
+class AFMHead(nn.Module):
+  """Logit = pᵀ dropout(pooled pair products) + w0 (first-order terms are added by the model).
+
+  Attributes:
+    attention_factor: hidden size t of the attention network.
+    attention: learned (AFM) or uniform (FM) pair weights.
+    dropout: dropout rate on the pooled pairwise layer (Xiao et al.: 0.5).
+    dtype: compute dtype of the attention matmul.
+  """
+
+  attention_factor: int = 16
+  attention: bool = True
+  dropout: float = 0.0
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, fields: jax.Array, mask: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    pooled = AFMPooling(self.attention_factor, self.attention, self.dtype, name="pooling")(
+        fields, mask)
+    pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
+    p = self.param("p", _vector_init, (fields.shape[-1],))
+    w0 = self.param("w0", nn.initializers.zeros, ())
+    return pooled @ p + w0
+
+
+def first_order_sum(rows: Mapping[str, jax.Array]) -> jax.Array:
+  """Σ_i w_{x_i}: the per-category scalars of the "first_order" table, summed -> [B]."""
+  if "first_order" not in rows:
+    raise ValueError("this model needs first-order rows: build its embedding layout with"
+                     " EmbeddingConfig(first_order=True)")
+  w = rows["first_order"]
+  return jnp.sum(w.reshape(w.shape[0], -1), axis=1)
+
+
+def attention_kernels(params: Any) -> list[jax.Array]:
+  """Every attention W in a param tree (a dense kernel, or u @ v when factorized)."""
+  found = []
+
+  def visit(tree):
+    if not isinstance(tree, Mapping):
+      return
+    for name, sub in tree.items():
+      if name == "attention" and isinstance(sub, Mapping):
+        if "kernel" in sub:
+          found.append(sub["kernel"])
+        elif "u" in sub and "v" in sub:
+          found.append(sub["u"] @ sub["v"])
+      else:
+        visit(sub)
+
+  visit(params)
+  return found
+
+
+def attention_l2(params: Any, weight: float) -> jax.Array:
+  """weight · Σ W² over the attention kernels of `params` (Xiao et al.'s L2 on W)."""
+  return weight * sum((jnp.sum(jnp.square(w)) for w in attention_kernels(params)),
+                      jnp.zeros((), jnp.float32))

@@ -1,0 +1,133 @@
+"""The AFM pairwise layer: FM identity, softmax, masking, gradients, L2 on W."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec.layers import afm
+from jaxrec.models.registry import ModelConfig, build_regularizer
+
+
+def _fields(shape=(3, 5, 4), seed=0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def _pairwise_loop_mean(v, mask=None):
+  """Independent reference: mean of v_i * v_j over present pairs i < j, by explicit loops."""
+  v = np.asarray(v, np.float64)
+  out = np.zeros((v.shape[0], v.shape[2]))
+  for b in range(v.shape[0]):
+    present = [f for f in range(v.shape[1]) if mask is None or mask[b, f]]
+    pairs = list(itertools.combinations(present, 2))
+    for i, j in pairs:
+      out[b] += v[b, i] * v[b, j]
+    out[b] /= len(pairs)
+  return out
+
+
+def _pooling_with_h(fields, h_value, mask=None, seed=1):
+  module = afm.AFMPooling(attention_factor=6)
+  params = module.init(jax.random.key(seed), fields, mask)["params"]
+  params = {**params, "h": jnp.full_like(params["h"], h_value) if np.isscalar(h_value)
+            else jnp.asarray(h_value)}
+  pooled, state = module.apply({"params": params}, fields, mask, mutable=["intermediates"])
+  weights = jax.tree_util.tree_leaves(state["intermediates"])[0]
+  return pooled, weights, params
+
+
+def test_zero_h_gives_uniform_attention_equal_to_fm_identity():
+  v = _fields()
+  pooled, weights, _ = _pooling_with_h(v, 0.0)
+  p = 5 * 4 // 2
+  vn = np.asarray(v, np.float64)
+  identity = 0.5 * (vn.sum(1) ** 2 - (vn ** 2).sum(1)) / p
+  np.testing.assert_allclose(pooled, identity, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pooled, _pairwise_loop_mean(v), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(weights, np.full((3, p), 1.0 / p), rtol=1e-6)
+  # The FM path (attention=False) computes the same pooling in O(F k).
+  np.testing.assert_allclose(afm.fm_pooled(v), identity, rtol=1e-5, atol=1e-6)
+
+
+def test_learned_attention_softmax_sums_to_one_and_is_not_uniform():
+  v = _fields(seed=2)
+  pooled, weights, params = _pooling_with_h(v, 0.0)
+  h = np.random.default_rng(3).normal(size=params["h"].shape) * 3.0
+  pooled, weights, _ = _pooling_with_h(v, h)
+  assert weights.shape == (3, 10)
+  np.testing.assert_allclose(jnp.sum(weights, axis=1), np.ones(3), rtol=1e-6)
+  assert float(jnp.min(weights)) >= 0.0
+  assert float(jnp.max(weights) - jnp.min(weights)) > 1e-3  # really attends
+  np.testing.assert_allclose(pooled, jnp.einsum("bp,bpk->bk", weights, afm.pair_products(v)),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_masked_fields_do_not_leak_into_attention():
+  v = _fields(shape=(2, 6, 4), seed=4)
+  mask = jnp.array([[1, 1, 0, 1, 1, 0], [1, 0, 1, 1, 1, 1]], jnp.float32)
+  h = np.random.default_rng(5).normal(size=6)
+  pooled, weights, _ = _pooling_with_h(v, h, mask)
+  # Changing absent fields' vectors changes nothing.
+  v2 = jnp.where(mask[..., None] > 0, v, 100.0 * _fields(shape=(2, 6, 4), seed=6))
+  pooled2, weights2, _ = _pooling_with_h(v2, h, mask)
+  np.testing.assert_array_equal(pooled, pooled2)
+  np.testing.assert_array_equal(weights, weights2)
+  i, j = afm.upper_pairs(6)
+  absent = np.asarray(mask)[:, i] * np.asarray(mask)[:, j] == 0
+  assert np.all(np.asarray(weights)[absent] == 0.0)
+  np.testing.assert_allclose(jnp.sum(weights, axis=1), [1.0, 1.0], rtol=1e-6)
+  # Uniform attention over the present pairs is the FM identity over present fields.
+  pooled0, _, _ = _pooling_with_h(v, 0.0, mask)
+  reference = _pairwise_loop_mean(v, np.asarray(mask) > 0)
+  np.testing.assert_allclose(pooled0, reference, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(afm.fm_pooled(v, mask), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_w_b_h_p_and_masked_softmax_is_finite():
+  v = _fields(seed=7)
+  mask = jnp.array([[1, 1, 1, 0, 1]] * 3, jnp.float32)
+  head = afm.AFMHead(attention_factor=6, dropout=0.5)
+  params = head.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                     v, mask)["params"]
+
+  def loss(params):
+    logits = head.apply({"params": params}, v, mask, train=True,
+                        rngs={"dropout": jax.random.key(2)})
+    return jnp.sum(jnp.square(logits - 1.0))
+
+  grads = jax.grad(loss)(params)
+  named = {"W": grads["pooling"]["attention"]["kernel"], "b": grads["pooling"]["attention"]["bias"],
+           "h": grads["pooling"]["h"], "p": grads["p"], "w0": grads["w0"]}
+  for name, g in named.items():
+    assert np.all(np.isfinite(g)), name
+    assert float(jnp.sum(jnp.abs(g))) > 0.0, f"no gradient reaches {name}"
+
+
+def test_low_rank_attention_kernel_applies_to_the_same_module():
+  v = _fields(seed=8)
+  module = afm.AFMPooling(attention_factor=6)
+  params = module.init(jax.random.key(0), v)["params"]
+  kernel = np.asarray(params["attention"]["kernel"])
+  u, s, vt = np.linalg.svd(kernel, full_matrices=False)
+  factored = {**params, "attention": {"u": jnp.asarray(u * np.sqrt(s)),
+                                      "v": jnp.asarray(np.sqrt(s)[:, None] * vt),
+                                      "bias": params["attention"]["bias"]}}
+  np.testing.assert_allclose(module.apply({"params": factored}, v),
+                             module.apply({"params": params}, v), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(afm.attention_l2(factored, 0.5), 0.5 * np.sum(kernel ** 2),
+                             rtol=1e-4)
+  grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, v)))(factored)
+  assert float(jnp.sum(jnp.abs(grads["attention"]["u"]))) > 0
+
+
+def test_attention_l2_penalises_only_w_and_is_built_for_afm_models():
+  params = {"afm": {"pooling": {"attention": {"kernel": jnp.full((2, 3), 2.0),
+                                              "bias": jnp.ones(3)}, "h": jnp.ones(3)}},
+            "bottom": {"layers_0": {"kernel": jnp.ones((4, 4))}}}
+  assert float(afm.attention_l2(params, 0.1)) == pytest.approx(0.1 * 6 * 4.0)
+  reg = build_regularizer(ModelConfig(name="afm", attention_l2=0.1))
+  assert float(reg(params)) == pytest.approx(2.4)
+  assert build_regularizer(ModelConfig(name="afm")) is None
+  assert build_regularizer(ModelConfig(name="dlrm", attention_l2=0.1)) is None
