@@ -21,13 +21,25 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model", "dlrm", "Model name (see jaxrec.models.MODELS).")
 flags.DEFINE_string("data", "synthetic",
-                    "'synthetic', or a path to a raw Criteo TSV / TSV.gz file.")
+                    "'synthetic'; a directory written by experiments.preprocess; or raw Criteo"
+                    " TSV / TSV.gz file(s) (comma-separated) or a directory of them, preprocessed"
+                    " once into --cache_dir.")
 flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the synthetic dataset.")
 flags.DEFINE_integer("synthetic_max_vocab", 100_000,
                      "Cap on synthetic table sizes; 0 = real Kaggle cardinalities (33.8M rows).")
 flags.DEFINE_integer("min_frequency", 2,
                      "Categorical values seen fewer times in train map to the OOV id.")
-flags.DEFINE_list("split", ["0.8", "0.1", "0.1"], "Train,validation,test fractions.")
+flags.DEFINE_list("split", ["0.8", "0.1", "0.1"],
+                  "Train,validation,test fractions of a seeded random split (also"
+                  " 'random:0.8,0.1,0.1'), or 'kaggle' / 'days' for raw inputs (see"
+                  " experiments.preprocess).")
+flags.DEFINE_enum("on_bad_row", "error", ["error", "skip"],
+                  "Malformed raw lines: stop naming file, line and field, or skip and count them.")
+flags.DEFINE_integer("max_rows_per_table", 0,
+                     "Raw inputs: cap every table at N rows by hashing (0 = no cap).")
+flags.DEFINE_string("cache_dir", None,
+                    "Where raw --data files are preprocessed (default $JAXREC_CACHE_DIR or"
+                    " ~/.cache/jaxrec).")
 flags.DEFINE_integer("epochs", 1, "Passes over the training split.")
 flags.DEFINE_integer("max_steps", 0, "Stop after this many steps (0 = all epochs).")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
@@ -82,21 +94,32 @@ def config_from_flags():
   if FLAGS.model not in MODELS:
     raise FlagError(f"--model={FLAGS.model!r}: unknown model; choose from {', '.join(sorted(MODELS))}")
   if FLAGS.data != "synthetic":
-    if not os.path.exists(FLAGS.data):
-      raise FlagError(f"--data={FLAGS.data!r}: no such file or directory")
-    if os.path.isdir(FLAGS.data):
-      raise FlagError(f"--data={FLAGS.data!r}: is a directory; expected a Criteo TSV file")
+    for path in FLAGS.data.split(","):
+      if not os.path.exists(path):
+        raise FlagError(f"--data={FLAGS.data!r}: no such file or directory: {path}")
   for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "log_every",
                "synthetic_rows", "min_frequency"):
     if getattr(FLAGS, name) < 1:
       raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 1")
-  for name in ("eval_every", "checkpoint_every", "max_steps", "synthetic_max_vocab"):
+  if FLAGS.max_rows_per_table == 1:
+    raise FlagError("--max_rows_per_table=1: must be 0 (no cap) or >= 2")
+  for name in ("eval_every", "checkpoint_every", "max_steps", "synthetic_max_vocab",
+               "max_rows_per_table"):
     if getattr(FLAGS, name) < 0:
       raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 0")
   if FLAGS.learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
     raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0")
+  split_mode, split_values = "random", list(FLAGS.split)
+  if split_values and split_values[0].startswith("random:"):
+    split_values[0] = split_values[0][len("random:"):]
+  if split_values in (["kaggle"], ["days"]):
+    split_mode, split_values = split_values[0], ["0.8", "0.1", "0.1"]
+    if FLAGS.data == "synthetic":
+      raise FlagError(f"--split={split_mode} needs raw Criteo --data (synthetic data splits randomly)")
+    if split_mode == "days" and "," not in FLAGS.data and os.path.isfile(FLAGS.data):
+      raise FlagError("--split=days needs several day files in --data (the last is held out)")
   try:
-    split = tuple(float(s) for s in FLAGS.split)
+    split = tuple(float(s) for s in split_values)
   except ValueError:
     raise FlagError(f"--split={','.join(FLAGS.split)}: expected three fractions") from None
   if len(split) != 3 or any(s < 0 for s in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
@@ -126,7 +149,9 @@ def config_from_flags():
 
   data = DataConfig(source=FLAGS.data, synthetic_rows=FLAGS.synthetic_rows,
                     synthetic_max_vocab=FLAGS.synthetic_max_vocab or None,
-                    min_frequency=FLAGS.min_frequency, split=split, seed=FLAGS.seed)
+                    min_frequency=FLAGS.min_frequency, split=split, seed=FLAGS.seed,
+                    split_mode=split_mode, on_bad_row=FLAGS.on_bad_row,
+                    max_rows_per_table=FLAGS.max_rows_per_table or None, cache_dir=FLAGS.cache_dir)
   model = ModelConfig(name=FLAGS.model, bottom_mlp=bottom, top_mlp=top,
                       interaction=FLAGS.interaction, self_interaction=FLAGS.interaction_itself,
                       compute_dtype=FLAGS.compute_dtype, attention_factor=FLAGS.attention_factor,

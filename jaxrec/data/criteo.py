@@ -19,6 +19,8 @@ import dataclasses
 import gzip
 import json
 import os
+import re
+import zlib
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -39,6 +41,14 @@ for _i, _c in enumerate(b"0123456789abcdef"):
   _HEX_VALUE[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
   _HEX_VALUE[_c] = 10 + _i
+_HEX_CHARS = b"0123456789abcdefABCDEF"
+# Every byte of a well-formed block is one of these; anything else (spaces,
+# '+', 'x', '.', quotes) sends the block to the strict line-by-line check, so
+# pyarrow's lenient integer parsing (" 5", "0x5") never decides a value.
+_ALLOWED_BYTES = _HEX_CHARS + b"-\t\n\r"
+_INT_RE = re.compile(rb"-?[0-9]+\Z")
+ON_BAD_ROW = ("error", "skip")
+_INT64_MAX = (1 << 63) - 1
 
 
 class CriteoFormatError(ValueError):
@@ -53,6 +63,21 @@ class CriteoFormatError(ValueError):
       where += f", field {field}"
     super().__init__(f"{where}: {message}")
     self.path, self.line, self.field = path, line, field
+    self.reason = message
+
+
+@dataclasses.dataclass
+class BadRowLog:
+  """Rows skipped under ``on_bad_row="skip"``: a count and the first few errors."""
+
+  count: int = 0
+  examples: list[str] = dataclasses.field(default_factory=list)
+  max_examples: int = 20
+
+  def add(self, error: CriteoFormatError) -> None:
+    self.count += 1
+    if len(self.examples) < self.max_examples:
+      self.examples.append(str(error))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,16 +86,25 @@ class RawBlock:
 
   label: int8 [n]; dense: float64 [n, 13] with NaN for missing;
   cat_keys: int64 [n, 26], the hex value or MISSING_KEY; first_line: 1-based
-  line number of row 0 in its file.
+  line number of row 0 in its file; lines: int64 [n] 1-based line number of
+  every row when some lines of the block were skipped (None: the rows are the
+  consecutive lines from `first_line`).
   """
 
   label: np.ndarray
   dense: np.ndarray
   cat_keys: np.ndarray
   first_line: int
+  lines: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.label)
+
+  def line_numbers(self) -> np.ndarray:
+    """1-based line number of every row."""
+    if self.lines is not None:
+      return self.lines
+    return np.arange(self.first_line, self.first_line + len(self), dtype=np.int64)
 
 
 def _read_options(block_size: int) -> tuple:
@@ -84,6 +118,41 @@ def _read_options(block_size: int) -> tuple:
   convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
                                  null_values=[""], quoted_strings_can_be_null=False)
   return read, parse, convert
+
+
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+_BIT_6 = np.uint64(0x0101010101010101)
+
+
+def _hex8(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Values and bad-digit flags of rows of 8 ASCII hex digits (uint8 [m, 8])."""
+  chars = np.ascontiguousarray(chars)
+  if chars.tobytes().translate(None, _HEX_CHARS):
+    bad = (_HEX_VALUE[chars] == 255).any(axis=1)
+  else:
+    bad = np.zeros(len(chars), bool)
+  # SWAR over one little-endian uint64 per value (byte 0 = first digit): for
+  # a hex digit c, (c & 0xF) + 9 * ((c >> 6) & 1) is its value; then the 8
+  # nibbles are packed pairwise, most significant (first) digit first.
+  x = chars.view("<u8").reshape(-1)
+  t = np.right_shift(x, np.uint64(6))
+  t &= _BIT_6
+  t *= np.uint64(9)
+  v = x & _LOW_NIBBLES
+  v += t
+  t = np.left_shift(v, np.uint64(4), out=t)
+  v >>= np.uint64(8)
+  v |= t
+  v &= np.uint64(0x00FF00FF00FF00FF)
+  t = np.left_shift(v, np.uint64(8), out=t)
+  v >>= np.uint64(16)
+  v |= t
+  v &= np.uint64(0x0000FFFF0000FFFF)
+  t = np.left_shift(v, np.uint64(16), out=t)
+  v >>= np.uint64(32)
+  v |= t
+  v &= np.uint64(0xFFFFFFFF)
+  return v.view(np.int64), bad
 
 
 def decode_hex_column(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -103,37 +172,23 @@ def decode_hex_column(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, n
   data = column.buffers()[2]
   data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
   lengths = np.diff(offsets)
-  keys = np.full(n, MISSING_KEY, dtype=np.int64)
-  bad = (lengths != 0) & (lengths != 8)
   full = lengths == 8
-  if full.any():
-    starts = offsets[:-1][full]
-    digits = _HEX_VALUE[data[starts[:, None] + np.arange(8)]]
-    bad_digit = (digits == 255).any(axis=1)
-    weights = (16 ** np.arange(7, -1, -1)).astype(np.int64)
-    values = digits.astype(np.int64) @ weights
+  bad = (lengths != 0) & ~full
+  n_full = int(np.count_nonzero(full))
+  if n_full == n:  # the common case: no missing values
+    values, bad_digit = _hex8(data[offsets[0]:offsets[-1]].reshape(n, 8))
+    return values, bad_digit
+  keys = np.full(n, MISSING_KEY, dtype=np.int64)
+  if n_full:
+    if bad.any():  # irregular lengths: gather the 8-byte values
+      starts = offsets[:-1][full]
+      chars = data[starts[:, None] + np.arange(8)]
+    else:  # only empty or 8-byte values: they are contiguous
+      chars = data[offsets[0]:offsets[-1]].reshape(n_full, 8)
+    values, bad_digit = _hex8(chars)
     keys[full] = values
     bad[np.flatnonzero(full)[bad_digit]] = True
   return keys, bad
-
-
-def _locate_error(path: str, first_line: int, lines: Sequence[bytes]) -> CriteoFormatError:
-  """Finds the first malformed line of a block the fast reader rejected."""
-  for i, raw in enumerate(lines):
-    line_no = first_line + i
-    text = raw.rstrip(b"\n")
-    if text.endswith(b"\r"):
-      text = text[:-1]
-    fields = text.split(b"\t")
-    if len(fields) != NUM_FIELDS:
-      return CriteoFormatError(
-          path, line_no, None,
-          f"expected {NUM_FIELDS} tab-separated fields, found {len(fields)}")
-    for name, value in zip(FIELD_NAMES, fields):
-      err = _field_error(name, value)
-      if err:
-        return CriteoFormatError(path, line_no, name, err)
-  return CriteoFormatError(path, None, None, "unreadable block (no single bad line found)")
 
 
 def _field_error(name: str, value: bytes) -> str | None:
@@ -143,13 +198,29 @@ def _field_error(name: str, value: bytes) -> str | None:
       return f"label must be 0 or 1, got {value[:40]!r}"
   elif name.startswith("I"):
     if value:
-      try:
-        int(value)
-      except ValueError:
+      if not _INT_RE.match(value):
         return f"not an integer: {value[:40]!r}"
+      if abs(int(value)) > _INT64_MAX:
+        return f"integer out of the 64-bit range: {value[:40]!r}"
   elif value:
-    if len(value) != 8 or any(_HEX_VALUE[c] == 255 for c in value):
+    if len(value) != 8 or value.translate(None, _HEX_CHARS):
       return f"not an 8-digit hex categorical: {value[:40]!r}"
+  return None
+
+
+def _line_error(text: bytes) -> tuple[str | None, str] | None:
+  """(field, reason) for a malformed line (without its newline), or None."""
+  if text.endswith(b"\r"):
+    text = text[:-1]
+  if b"\r" in text:
+    return None, "carriage return inside the line"
+  fields = text.split(b"\t")
+  if len(fields) != NUM_FIELDS:
+    return None, f"expected {NUM_FIELDS} tab-separated fields, found {len(fields)}"
+  for name, value in zip(FIELD_NAMES, fields):
+    err = _field_error(name, value)
+    if err:
+      return name, err
   return None
 
 
@@ -157,70 +228,157 @@ def _open_binary(path: str):
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def iter_raw_blocks(path: str, block_rows: int = 1 << 18) -> Iterator[RawBlock]:
-  """Streams a raw Criteo file as parsed blocks of up to `block_rows` rows.
+def iter_text_blocks(path: str, block_bytes: int = 1 << 26,
+                     checksum=None) -> Iterator[tuple[int, bytes]]:
+  """Streams a (possibly gzipped) text file as (first line number, whole lines).
+
+  Every yielded buffer ends with a newline (one is added after a last line that
+  lacks it). `checksum`, a hashlib object, is updated with the decompressed bytes.
 
   Raises:
-    CriteoFormatError naming file, line and field on the first malformed row.
+    CriteoFormatError for a missing file, a directory, corrupt or truncated gzip.
   """
   if os.path.isdir(path):
     raise CriteoFormatError(path, None, None, "is a directory, expected a Criteo TSV file")
   if not os.path.exists(path):
     raise CriteoFormatError(path, None, None, "no such file")
-  read_opts, parse_opts, convert_opts = _read_options(block_size=1 << 24)
-  line = 1
+  line, rest = 1, b""
   with _open_binary(path) as f:
     while True:
       try:
-        lines = f.readlines(block_rows * 256)
-      except (EOFError, OSError, gzip.BadGzipFile) as e:
-        raise CriteoFormatError(path, None, None,
-                                f"corrupt or truncated compressed data after line {line - 1}: {e}") from e
-      if not lines:
-        break
-      if not lines[-1].endswith(b"\n"):
-        lines[-1] += b"\n"
-      buf = b"".join(lines)
-      try:
-        table = pacsv.read_csv(pa.py_buffer(buf), read_options=read_opts,
-                               parse_options=parse_opts, convert_options=convert_opts)
-      except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise _locate_error(path, line, lines) from e
-      block = _to_block(path, table, line, lines)
-      line += len(lines)
+        chunk = f.read(block_bytes)
+      except (EOFError, OSError, zlib.error) as e:
+        raise CriteoFormatError(
+            path, None, None,
+            f"corrupt or truncated compressed data after line {line - 1}: {e}") from e
+      if checksum is not None and chunk:
+        checksum.update(chunk)
+      if not chunk:
+        if rest:
+          yield line, rest + b"\n"
+        return
+      buf = rest + chunk if rest else chunk
+      cut = buf.rfind(b"\n") + 1
+      if cut == 0:
+        rest = buf
+        continue
+      block, rest = buf[:cut], buf[cut:]
+      yield line, block
+      line += block.count(b"\n")
+
+
+def parse_block(path: str, first_line: int, buf: bytes, on_bad_row: str = "error",
+                bad_rows: BadRowLog | None = None, pool=None) -> RawBlock | None:
+  """Parses whole lines `buf` (starting at line `first_line`) into a RawBlock.
+
+  Well-formed blocks take pyarrow's multithreaded reader and vectorised checks;
+  a block that fails any check is re-scanned line by line to name the first bad
+  line and field (``on_bad_row="error"``) or to drop and log every bad line
+  (``"skip"``). Returns None when every line was skipped. `pool`, an optional
+  `concurrent.futures` executor, decodes the categorical columns in parallel.
+  """
+  n_lines = buf.count(b"\n")
+  if not buf.translate(None, _ALLOWED_BYTES):
+    try:
+      table = pacsv.read_csv(pa.py_buffer(buf), *_READ_OPTIONS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+      table = None
+    if table is not None and table.num_rows == n_lines:
+      block = _to_block(table, first_line, pool)
+      if block is not None:
+        return block
+  lines = buf.split(b"\n")[:-1]
+  keep = []
+  for i, text in enumerate(lines):
+    err = _line_error(text)
+    if err is None:
+      keep.append(i)
+      continue
+    error = CriteoFormatError(path, first_line + i, err[0], err[1])
+    if on_bad_row != "skip":
+      raise error
+    if bad_rows is not None:
+      bad_rows.add(error)
+  if not keep:
+    return None
+  if len(keep) == len(lines):
+    raise CriteoFormatError(path, first_line, None,
+                            "unreadable block (no single bad line found)")
+  good = b"\n".join(lines[i].rstrip(b"\r") for i in keep) + b"\n"
+  table = pacsv.read_csv(pa.py_buffer(good), *_READ_OPTIONS)
+  block = _to_block(table, first_line, pool)
+  if block is None or len(block) != len(keep):
+    raise CriteoFormatError(path, first_line, None, "unreadable block after skipping bad lines")
+  return dataclasses.replace(block, lines=first_line + np.asarray(keep, dtype=np.int64))
+
+
+def iter_raw_blocks(path: str, block_rows: int = 1 << 18, *, on_bad_row: str = "error",
+                    bad_rows: BadRowLog | None = None, checksum=None) -> Iterator[RawBlock]:
+  """Streams a raw Criteo file as parsed blocks of about `block_rows` rows.
+
+  Args:
+    path: a plain or ``.gz`` Criteo TSV file.
+    block_rows: rows per block (approximate: blocks are cut by bytes).
+    on_bad_row: "error" raises on the first malformed line; "skip" drops every
+      malformed line and logs it in `bad_rows`.
+    bad_rows: where skipped lines are counted.
+    checksum: optional hashlib object updated with the file's (decompressed) bytes.
+
+  Raises:
+    CriteoFormatError naming file, line and field on the first malformed row,
+    for an empty file, a directory, or corrupt / truncated gzip data.
+  """
+  if on_bad_row not in ON_BAD_ROW:
+    raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
+  lines = 0
+  for first_line, buf in iter_text_blocks(path, block_rows * 256, checksum):
+    lines += 1
+    block = parse_block(path, first_line, buf, on_bad_row, bad_rows)
+    if block is not None:
       yield block
-  if line == 1:
+  if lines == 0:
     raise CriteoFormatError(path, None, None, "file has no rows")
 
 
-def _to_block(path: str, table: pa.Table, first_line: int, lines) -> RawBlock:
-  label = table.column("label").to_numpy(zero_copy_only=False)
-  if np.any(pc.is_null(table.column("label")).to_numpy(zero_copy_only=False)) or \
-      np.any((label != 0) & (label != 1)):
-    raise _locate_error(path, first_line, lines)
+def _to_block(table: pa.Table, first_line: int, pool=None) -> RawBlock | None:
+  """Numpy arrays of a parsed table, or None if a label or categorical is invalid."""
+  label_col = table.column("label")
+  if label_col.null_count:
+    return None
+  label = label_col.to_numpy(zero_copy_only=False)
+  if np.any((label != 0) & (label != 1)):
+    return None
   dense = np.empty((table.num_rows, NUM_DENSE), dtype=np.float64)
   for j, name in enumerate(DENSE_NAMES):
     dense[:, j] = table.column(name).to_numpy(zero_copy_only=False)  # null -> nan
   cat = np.empty((table.num_rows, NUM_SPARSE), dtype=np.int64)
-  for j, name in enumerate(SPARSE_NAMES):
-    keys, bad = decode_hex_column(table.column(name))
-    if bad.any():
-      row = int(np.flatnonzero(bad)[0])
-      value = lines[row].rstrip(b"\r\n").split(b"\t")[1 + NUM_DENSE + j]
-      raise CriteoFormatError(path, first_line + row, name,
-                              f"not an 8-digit hex categorical: {value[:40]!r}")
+  def one(j):
+    keys, bad = decode_hex_column(table.column(SPARSE_NAMES[j]))
     cat[:, j] = keys
+    return bool(bad.any())
+  bad = map(one, range(NUM_SPARSE)) if pool is None else pool.map(one, range(NUM_SPARSE))
+  if any(list(bad)):
+    return None
   return RawBlock(label=label.astype(np.int8), dense=dense, cat_keys=cat,
                   first_line=first_line)
 
 
-def read_raw(path: str) -> RawBlock:
-  """Reads a whole (small) raw file into one block."""
-  blocks = list(iter_raw_blocks(path))
+_READ_OPTIONS = _read_options(block_size=1 << 24)
+
+
+def read_raw(path: str, *, on_bad_row: str = "error",
+             bad_rows: BadRowLog | None = None) -> RawBlock:
+  """Reads a whole (small) raw file into one block (see `iter_raw_blocks`)."""
+  blocks = list(iter_raw_blocks(path, on_bad_row=on_bad_row, bad_rows=bad_rows))
+  if not blocks:
+    raise CriteoFormatError(path, None, None, "no valid rows (all were skipped)")
+  lines = None
+  if any(b.lines is not None for b in blocks):
+    lines = np.concatenate([b.line_numbers() for b in blocks])
   return RawBlock(label=np.concatenate([b.label for b in blocks]),
                   dense=np.concatenate([b.dense for b in blocks]),
                   cat_keys=np.concatenate([b.cat_keys for b in blocks]),
-                  first_line=1)
+                  first_line=1, lines=lines)
 
 
 def transform_dense(dense: np.ndarray) -> np.ndarray:
@@ -229,50 +387,167 @@ def transform_dense(dense: np.ndarray) -> np.ndarray:
   return out.astype(np.float32)
 
 
+def splitmix64(x: np.ndarray) -> np.ndarray:
+  """Stateless 64-bit hash (vectorised), uint64 -> uint64."""
+  x = np.asarray(x).astype(np.uint64)
+  with np.errstate(over="ignore"):
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+  return x
+
+
+def hash_keys(keys: np.ndarray, buckets: int) -> np.ndarray:
+  """Raw keys (MISSING_KEY included) -> bucket in [0, buckets), as int64."""
+  return (splitmix64(keys.astype(np.int64).view(np.uint64)) % np.uint64(buckets)).astype(np.int64)
+
+
+class FrequencyCounter:
+  """Streaming per-column key counts with memory set by the vocabulary size.
+
+  Each `update` counts a block's keys per column (sort-based `np.unique`) and
+  merges them into sorted (keys, counts) arrays, so no row is kept.
+  """
+
+  def __init__(self, num_columns: int = NUM_SPARSE):
+    self.keys = [np.zeros(0, np.int64) for _ in range(num_columns)]
+    self.counts = [np.zeros(0, np.int64) for _ in range(num_columns)]
+
+  def update_column(self, j: int, column: np.ndarray) -> None:
+    values, counts = np.unique(column, return_counts=True)
+    keys, total = self.keys[j], self.counts[j]
+    pos = np.searchsorted(keys, values)
+    found = pos < len(keys)
+    found[found] = keys[pos[found]] == values[found]
+    total[pos[found]] += counts[found]
+    if not found.all():
+      new = ~found
+      self.keys[j] = np.insert(keys, pos[new], values[new])
+      self.counts[j] = np.insert(total, pos[new], counts[new])
+
+  def update(self, cat_keys: np.ndarray, pool=None) -> None:
+    """Counts a block of keys [n, num_columns] (columns in parallel with `pool`)."""
+    cols = range(len(self.keys))
+    if pool is None:
+      for j in cols:
+        self.update_column(j, cat_keys[:, j])
+    else:
+      list(pool.map(lambda j: self.update_column(j, cat_keys[:, j]), cols))
+
+  def merge(self, other: "FrequencyCounter") -> None:
+    for j in range(len(self.keys)):
+      both = np.concatenate([self.keys[j], other.keys[j]])
+      weights = np.concatenate([self.counts[j], other.counts[j]])
+      self.keys[j], inverse = np.unique(both, return_inverse=True)
+      self.counts[j] = np.bincount(inverse, weights=weights,
+                                   minlength=len(self.keys[j])).astype(np.int64)
+
+  def save(self, path: str) -> None:
+    arrays = {f"k{j}": k for j, k in enumerate(self.keys)}
+    arrays.update({f"n{j}": n for j, n in enumerate(self.counts)})
+    np.savez(path, **arrays)
+
+  @classmethod
+  def load(cls, path: str) -> "FrequencyCounter":
+    with np.load(path) as z:
+      num = len([k for k in z.files if k.startswith("k")])
+      out = cls(num)
+      out.keys = [z[f"k{j}"] for j in range(num)]
+      out.counts = [z[f"n{j}"] for j in range(num)]
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
-  """Per-column sorted keys kept in the vocabulary; id = 1 + position, OOV = 0."""
+  """Per-column sorted keys kept in the vocabulary; id = 1 + position, OOV = 0.
+
+  Attributes:
+    keys: per column, the sorted kept keys (raw hex values, MISSING_KEY for an
+      empty field, or hash buckets when `hash_buckets` is set).
+    min_frequency: keys seen fewer times in the training rows were dropped.
+    hash_buckets: when set (``max_rows_per_table - 1``), raw keys are first
+      hashed into this many buckets (`hash_keys`), so no table exceeds
+      ``hash_buckets + 1`` rows; None: raw keys are kept as they are.
+  """
 
   keys: tuple[np.ndarray, ...]
   min_frequency: int
+  hash_buckets: int | None = None
 
   @classmethod
-  def build(cls, cat_keys: np.ndarray, min_frequency: int = 1) -> "Vocabulary":
+  def build(cls, cat_keys: np.ndarray, min_frequency: int = 1,
+            hash_buckets: int | None = None) -> "Vocabulary":
     if min_frequency < 1:
       raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+    if hash_buckets is not None:
+      cat_keys = hash_keys(cat_keys, hash_buckets)
     keys = []
     for j in range(cat_keys.shape[1]):
       values, counts = np.unique(cat_keys[:, j], return_counts=True)
       keys.append(values[counts >= min_frequency])
-    return cls(keys=tuple(keys), min_frequency=min_frequency)
+    return cls(keys=tuple(keys), min_frequency=min_frequency, hash_buckets=hash_buckets)
+
+  @classmethod
+  def from_counts(cls, counter: FrequencyCounter, min_frequency: int = 1,
+                  hash_buckets: int | None = None) -> "Vocabulary":
+    """The vocabulary of streamed counts (keys already hashed when `hash_buckets`)."""
+    if min_frequency < 1:
+      raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+    keys = tuple(k[n >= min_frequency] for k, n in zip(counter.keys, counter.counts))
+    return cls(keys=keys, min_frequency=min_frequency, hash_buckets=hash_buckets)
 
   @property
   def sizes(self) -> tuple[int, ...]:
     """Embedding rows per column: kept values plus the OOV row."""
     return tuple(len(k) + 1 for k in self.keys)
 
-  def encode(self, cat_keys: np.ndarray) -> np.ndarray:
-    """Maps raw keys [n, 26] to int32 ids; unseen and rare keys -> OOV_ID."""
+  def encode_column(self, j: int, column: np.ndarray) -> np.ndarray:
+    """Raw keys of column `j` -> int32 ids (OOV_ID for unseen and rare keys)."""
+    if self.hash_buckets is not None:
+      column = hash_keys(column, self.hash_buckets)
+    kept = self.keys[j]
+    if len(kept) == 0:
+      return np.full(len(column), OOV_ID, np.int32)
+    # Hash lookup (pyarrow, GIL released): position in the sorted keys or null.
+    pos = pc.index_in(pa.array(np.asarray(column, np.int64)), value_set=pa.array(kept))
+    ids = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    ids += 1  # found: 1 + position; not found: OOV_ID = 0
+    return ids
+
+  def encode(self, cat_keys: np.ndarray, pool=None) -> np.ndarray:
+    """Maps raw keys [n, 26] to int32 ids; unseen and rare keys -> OOV_ID.
+
+    Args:
+      cat_keys: int64 [n, 26] raw keys (`RawBlock.cat_keys`).
+      pool: optional `concurrent.futures` executor to encode columns in parallel.
+    """
     ids = np.empty(cat_keys.shape, dtype=np.int32)
-    for j, kept in enumerate(self.keys):
-      col = cat_keys[:, j]
-      pos = np.searchsorted(kept, col)
-      pos_clipped = np.minimum(pos, max(len(kept) - 1, 0))
-      found = (len(kept) > 0) & (kept[pos_clipped] == col) if len(kept) else np.zeros(len(col), bool)
-      ids[:, j] = np.where(found, pos_clipped + 1, OOV_ID)
+    def one(j):
+      ids[:, j] = self.encode_column(j, cat_keys[:, j])
+    if pool is None:
+      for j in range(len(self.keys)):
+        one(j)
+    else:
+      list(pool.map(one, range(len(self.keys))))
     return ids
 
   def save(self, path: str) -> None:
-    np.savez_compressed(path, min_frequency=self.min_frequency,
-                        **{f"C{j + 1}": k for j, k in enumerate(self.keys)})
+    """Writes an .npz (uncompressed: large vocabularies load fast)."""
+    np.savez(path, min_frequency=self.min_frequency,
+             hash_buckets=-1 if self.hash_buckets is None else self.hash_buckets,
+             **{f"C{j + 1}": k for j, k in enumerate(self.keys)})
 
   @classmethod
   def load(cls, path: str) -> "Vocabulary":
     with np.load(path) as z:
       keys = tuple(z[f"C{j + 1}"] for j in range(NUM_SPARSE))
-      return cls(keys=keys, min_frequency=int(z["min_frequency"]))
+      buckets = int(z["hash_buckets"]) if "hash_buckets" in z.files else -1
+      return cls(keys=keys, min_frequency=int(z["min_frequency"]),
+                 hash_buckets=None if buckets < 0 else buckets)
 
 
 def encode_raw(raw: RawBlock, vocab: Vocabulary) -> CTRDataset:
+  """Encodes parsed rows with a training vocabulary (how new rows are scored)."""
   return CTRDataset(dense=transform_dense(raw.dense), cat=vocab.encode(raw.cat_keys),
                     label=raw.label.astype(np.float32), vocab_sizes=vocab.sizes)

@@ -2,8 +2,19 @@
 
 Every batch has exactly `batch_size` rows: the last partial batch is padded
 (with copies of row 0) and its padding is masked out (`mask` = 0), so the train
-step compiles once. Batch order depends only on (seed, epoch), so a run resumed
-at global step s continues with exactly the batches it would have seen.
+step compiles once.
+
+Shuffling: a split of up to ``block_rows * window_blocks`` rows (1M by
+default) is fully permuted each epoch. A larger (memory-mapped) split is
+shuffled in two levels so that reads stay local: the order of its
+``block_rows``-row blocks is permuted, then consecutive groups of
+``window_blocks`` blocks form windows whose rows are permuted together.
+
+The iterator position is (epoch, batch): the order depends only on (seed,
+epoch), so the global step saved in a checkpoint is the whole loader state —
+``divmod(step, num_batches)`` — and a resumed run continues with exactly the
+batches it would have seen (`iterate_batches(..., start_batch=)` skips whole
+windows without reading them).
 """
 
 from __future__ import annotations
@@ -41,16 +52,66 @@ def make_batch(dataset: CTRDataset, index: np.ndarray, batch_size: int) -> Batch
           "mask": mask}
 
 
+BLOCK_ROWS = 1 << 14
+WINDOW_BLOCKS = 64
+
+
+def epoch_windows(num_rows: int, seed: int, epoch: int, block_rows: int = BLOCK_ROWS,
+                  window_blocks: int = WINDOW_BLOCKS) -> list[np.ndarray]:
+  """The blocks of each shuffle window of an epoch (sorted block ids per window)."""
+  num_blocks = -(-num_rows // block_rows)
+  block_order = np.random.default_rng([seed, epoch, 1]).permutation(num_blocks)
+  return [np.sort(block_order[w:w + window_blocks])
+          for w in range(0, num_blocks, window_blocks)]
+
+
+def _window_rows(blocks: np.ndarray, num_rows: int, block_rows: int) -> int:
+  last = -(-num_rows // block_rows) - 1
+  return len(blocks) * block_rows - (int(np.any(blocks == last)) *
+                                     (last * block_rows + block_rows - num_rows))
+
+
+def _window_order(blocks: np.ndarray, num_rows: int, block_rows: int, seed: int, epoch: int,
+                  w: int) -> np.ndarray:
+  rows = (blocks[:, None] * block_rows + np.arange(block_rows)).reshape(-1)
+  rows = rows[rows < num_rows]
+  return rows[np.random.default_rng([seed, epoch, 2, w]).permutation(len(rows))]
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int, start: int = 0,
+                block_rows: int = BLOCK_ROWS, window_blocks: int = WINDOW_BLOCKS):
+  """Yields the epoch's row order from position `start` on, in pieces (one per window)."""
+  if num_rows <= block_rows * window_blocks:
+    yield epoch_permutation(num_rows, seed, epoch)[start:]
+    return
+  position = 0
+  for w, blocks in enumerate(epoch_windows(num_rows, seed, epoch, block_rows, window_blocks)):
+    size = _window_rows(blocks, num_rows, block_rows)
+    if position + size > start:
+      order = _window_order(blocks, num_rows, block_rows, seed, epoch, w)
+      yield order[max(start - position, 0):]
+    position += size
+
+
 def iterate_batches(dataset: CTRDataset, batch_size: int, *, shuffle: bool = False,
                     seed: int = 0, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
   """Batches of one epoch, starting at batch `start_batch`."""
   n = len(dataset)
-  order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
-  for b in range(start_batch, num_batches(n, batch_size)):
-    index = order[b * batch_size:(b + 1) * batch_size]
-    if shuffle:
-      index = np.sort(index)  # sequential reads from memory-mapped arrays
-    yield make_batch(dataset, index, batch_size)
+  if not shuffle:
+    for b in range(start_batch, num_batches(n, batch_size)):
+      yield make_batch(dataset, np.arange(b * batch_size, min((b + 1) * batch_size, n)),
+                       batch_size)
+    return
+  carry = np.zeros(0, np.int64)
+  for piece in epoch_order(n, seed, epoch, start=start_batch * batch_size):
+    piece = np.concatenate([carry, piece]) if len(carry) else piece
+    full = len(piece) // batch_size * batch_size
+    for b in range(0, full, batch_size):
+      # Sorted within the batch: sequential reads from memory-mapped arrays.
+      yield make_batch(dataset, np.sort(piece[b:b + batch_size]), batch_size)
+    carry = piece[full:]
+  if len(carry):
+    yield make_batch(dataset, np.sort(carry), batch_size)
 
 
 def prefetch_to_device(batches: Iterator[Batch], size: int = 2,

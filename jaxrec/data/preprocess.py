@@ -1,0 +1,539 @@
+"""Streaming Criteo preprocessing: raw TSV / TSV.gz -> memory-mappable split arrays.
+
+Three streaming passes, each over fixed-size blocks, so peak memory is set by
+the block size and the vocabulary size, never by the number of rows:
+
+1. *parse*: every input file is read in blocks by the pyarrow reader of
+   `jaxrec.data.criteo` and written to compact temporary arrays (label int8,
+   transformed dense float32, categorical keys uint32 plus a missing-field
+   bitmask); the file's line count and sha256 are recorded.
+2. *count*: rows are assigned to train / validation / test (`SplitAssigner`)
+   and per-column key frequencies of the training rows are counted
+   (`criteo.FrequencyCounter`); the vocabulary is saved (``vocab.npz``).
+3. *encode*: rows are encoded and appended to one ``.npy`` file per split and
+   field: ``{split}/dense.npy`` (float32 or float16 [N, 13]), ``{split}/cat.npy``
+   (int32 [N, 26]) and ``{split}/label.npy`` (float32 [N]).
+
+``meta.json``, written last, records rows and positive rate per split, the
+vocabulary sizes, the options, the inputs (size, mtime, sha256, lines) and the
+skipped bad rows. Re-running with the same inputs and options returns at once;
+an interrupted run reuses every finished input file of pass 1 and a saved
+vocabulary.
+
+Split modes (``split``): ``"kaggle"`` — the DLRM reference's: the lines of all
+inputs cut into 7 consecutive chunks as equal as possible (the first ``N % 7``
+one line longer), chunks 0-5 train, chunk 6 halved into test (first half, the
+larger when odd) and validation; ``"days"`` — every input file but the last is
+training, the last (Terabyte ``day_23``) is halved into test and validation the
+same way; ``"random:a,b,c"`` — a seeded uniformly random assignment with exactly
+``round(a * N)`` train and ``round(b * N)`` validation lines (`SplitAssigner`).
+Splits are assigned to *lines*, so skipped bad lines leave their slot empty.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from absl import logging
+
+from jaxrec.data import criteo
+from jaxrec.data.dataset import CTRDataset, NUM_DENSE, NUM_SPARSE, Splits
+
+SPLITS = ("train", "validation", "test")
+FORMAT = "jaxrec-criteo-shards/1"
+META = "meta.json"
+VOCAB = "vocab.npz"
+_ASSIGN_CHUNK = 1 << 16  # positions per random-split assignment chunk
+_MISSING_BYTES = -(-NUM_SPARSE // 8)  # missing-field bitmask bytes per row
+_DATA_FILE = re.compile(r"(day_\d+|.*\.(txt|tsv|csv))(\.gz)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+  """Options of one preprocessing run.
+
+  Attributes:
+    inputs: raw Criteo files (plain or .gz) or directories holding them, in
+      order (Terabyte days in day order).
+    output_dir: where the split arrays, vocab.npz and meta.json go.
+    split: "kaggle", "days" or "random:train,validation,test".
+    seed: seed of the random split.
+    min_frequency: training-row count below which a value maps to the OOV id.
+    max_rows_per_table: cap on every table's rows (values hashed into
+      ``max_rows_per_table - 1`` buckets before counting); None: no cap.
+    dense_dtype: "float32" or "float16" for the stored dense features.
+    on_bad_row: "error" (stop naming file, line, field) or "skip" (drop,
+      count and report in meta.json).
+    block_rows: rows parsed per block (about 256 bytes each).
+    chunk_rows: rows per block of the count and encode passes.
+    keep_temp: keep the pass-1 arrays (tmp/) after finishing.
+  """
+
+  inputs: tuple[str, ...]
+  output_dir: str
+  split: str = "random:0.8,0.1,0.1"
+  seed: int = 0
+  min_frequency: int = 2
+  max_rows_per_table: int | None = None
+  dense_dtype: str = "float32"
+  on_bad_row: str = "error"
+  block_rows: int = 1 << 18
+  chunk_rows: int = 1 << 20
+  keep_temp: bool = False
+
+  def options(self) -> dict:
+    """The options that determine the output (not where or how fast)."""
+    return {"split": self.split, "seed": self.seed, "min_frequency": self.min_frequency,
+            "max_rows_per_table": self.max_rows_per_table, "dense_dtype": self.dense_dtype,
+            "on_bad_row": self.on_bad_row}
+
+
+def parse_split(spec: str) -> tuple[str, tuple[float, float, float] | None]:
+  """"kaggle" | "days" | "random:a,b,c" -> (mode, fractions or None)."""
+  if spec in ("kaggle", "days"):
+    return spec, None
+  if spec.startswith("random:"):
+    try:
+      fractions = tuple(float(x) for x in spec[len("random:"):].split(","))
+    except ValueError:
+      fractions = ()
+    if (len(fractions) == 3 and all(f >= 0 for f in fractions)
+        and abs(sum(fractions) - 1) < 1e-6 and fractions[0] > 0):
+      return "random", fractions
+  raise ValueError(f"split {spec!r}: expected 'kaggle', 'days' or 'random:a,b,c' with three"
+                   " non-negative fractions summing to 1 and a non-empty train split")
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[str]:
+  """Files of `inputs`; a directory contributes its Criteo data files in natural order.
+
+  Raises:
+    CriteoFormatError for a missing path or a directory without data files.
+  """
+  out = []
+  for path in inputs:
+    if os.path.isdir(path):
+      names = [n for n in os.listdir(path) if _DATA_FILE.match(n) and not n.startswith(".")
+               and os.path.isfile(os.path.join(path, n))]
+      if not names:
+        raise criteo.CriteoFormatError(
+            path, None, None, "directory has no Criteo data files"
+            " (day_N, *.txt, *.tsv, *.csv, optionally .gz)")
+      key = lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
+      out.extend(os.path.join(path, n) for n in sorted(names, key=key))
+    elif not os.path.exists(path):
+      raise criteo.CriteoFormatError(path, None, None, "no such file")
+    else:
+      out.append(path)
+  if not out:
+    raise ValueError("no input files")
+  return out
+
+
+def _identity(path: str) -> dict:
+  st = os.stat(path)
+  return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _halves(start: int, stop: int) -> tuple[int, int, int]:
+  """(start, mid, stop): [start, mid) test, [mid, stop) validation (np.array_split)."""
+  return start, start + -(-(stop - start) // 2), stop
+
+
+class SplitAssigner:
+  """Deterministic split (0 train, 1 validation, 2 test) of every line position.
+
+  Positions count the lines of all inputs from 0, in input order.
+  """
+
+  def __init__(self, spec: str, lines_per_file: Sequence[int], seed: int = 0):
+    self.mode, self.fractions = parse_split(spec)
+    self.total = int(sum(lines_per_file))
+    self.seed = seed
+    if self.mode == "kaggle":
+      q, r = divmod(self.total, 7)
+      train_end = 6 * q + min(r, 6)
+      self.bounds = _halves(train_end, self.total)
+    elif self.mode == "days":
+      if len(lines_per_file) < 2:
+        raise ValueError("split 'days' needs at least two input files (one per day); the"
+                         " last is held out")
+      self.bounds = _halves(self.total - int(lines_per_file[-1]), self.total)
+    else:
+      n_train = int(round(self.fractions[0] * self.total))
+      n_val = int(round(self.fractions[1] * self.total))
+      remaining = np.array([n_train, n_val, self.total - n_train - n_val], np.int64)
+      rng = np.random.default_rng([seed, 1])
+      chunks = -(-self.total // _ASSIGN_CHUNK)
+      self.chunk_counts = np.zeros((chunks, 3), np.int64)
+      for k in range(chunks):
+        size = min(_ASSIGN_CHUNK, self.total - k * _ASSIGN_CHUNK)
+        draw = rng.multivariate_hypergeometric(remaining, size)
+        self.chunk_counts[k] = draw
+        remaining -= draw
+      self._cache: dict[int, np.ndarray] = {}
+
+  def _chunk(self, k: int) -> np.ndarray:
+    if k not in self._cache:
+      if len(self._cache) > 64:
+        self._cache.clear()
+      labels = np.repeat(np.arange(3, dtype=np.uint8), self.chunk_counts[k])
+      self._cache[k] = labels[np.random.default_rng([self.seed, 2, k]).permutation(len(labels))]
+    return self._cache[k]
+
+  def assign(self, positions: np.ndarray) -> np.ndarray:
+    """uint8 split ids of (ascending) line positions."""
+    positions = np.asarray(positions, np.int64)
+    if self.mode != "random":
+      start, mid, stop = self.bounds
+      out = np.zeros(len(positions), np.uint8)
+      out[positions >= start] = 2
+      out[positions >= mid] = 1
+      return out
+    out = np.empty(len(positions), np.uint8)
+    chunk = positions // _ASSIGN_CHUNK
+    for k in np.unique(chunk):
+      sel = chunk == k
+      out[sel] = self._chunk(int(k))[positions[sel] - k * _ASSIGN_CHUNK]
+    return out
+
+
+class _Progress:
+  """Logs rows and rows/s at most every `every` seconds."""
+
+  def __init__(self, name: str, total: int | None, report: Callable[[str], None],
+               every: float = 5.0):
+    self.name, self.total, self.report, self.every = name, total, report, every
+    self.start = self.last = time.perf_counter()
+    self.rows = 0
+
+  def add(self, rows: int) -> None:
+    self.rows += rows
+    now = time.perf_counter()
+    if now - self.last >= self.every:
+      self.last = now
+      rate = self.rows / max(now - self.start, 1e-9)
+      of = f"/{self.total:,}" if self.total else ""
+      self.report(f"{self.name}: {self.rows:,}{of} rows, {rate:,.0f} rows/s")
+
+
+def _background(iterator, size: int = 2):
+  """Runs `iterator` in a thread, `size` items ahead (reading and gunzip overlap parsing)."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done, stop = object(), threading.Event()
+  def put(item):
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+  def produce():
+    try:
+      for item in iterator:
+        if not put(item):
+          return
+      put(done)
+    except BaseException as e:  # re-raised in the consumer
+      put(e)
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    thread.join()
+
+
+def _temp_paths(tmp: str, i: int) -> dict[str, str]:
+  return {k: os.path.join(tmp, f"{i}.{k}") for k in
+          ("label", "dense", "keys", "missing", "lines", "json")}
+
+
+def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool,
+                report) -> dict:
+  """Pass 1 for one input: parsed rows to temporary arrays; returns its record."""
+  paths = _temp_paths(tmp, i)
+  identity = _identity(path)
+  if os.path.exists(paths["json"]):
+    with open(paths["json"]) as f:
+      done = json.load(f)
+    if {k: done[k] for k in identity} == identity and done["on_bad_row"] == config.on_bad_row:
+      report(f"parse {path}: reusing finished pass-1 output ({done['rows']:,} rows)")
+      return done
+  checksum = hashlib.sha256()
+  bad = criteo.BadRowLog()
+  progress = _Progress(f"parse {os.path.basename(path)}", None, report)
+  files = {k: open(paths[k], "wb") for k in ("label", "dense", "keys", "missing")}
+  lines_file = None
+  rows = lines = 0
+  try:
+    text_blocks = _background(criteo.iter_text_blocks(path, config.block_rows * 256, checksum))
+    for first_line, buf in text_blocks:
+      lines = first_line - 1 + buf.count(b"\n")
+      block = criteo.parse_block(path, first_line, buf, config.on_bad_row, bad, pool=pool)
+      if block is None:
+        continue
+      if block.lines is not None and lines_file is None:
+        lines_file = open(paths["lines"], "wb")
+        lines_file.write(np.arange(1, rows + 1, dtype=np.int64).tobytes())
+      if lines_file is not None:
+        lines_file.write(block.line_numbers().astype(np.int64).tobytes())
+      keys = block.cat_keys
+      files["label"].write(block.label.astype(np.int8).tobytes())
+      files["dense"].write(criteo.transform_dense(block.dense).tobytes())
+      files["keys"].write(keys.astype(np.uint32).tobytes())
+      files["missing"].write(np.packbits(keys == criteo.MISSING_KEY, axis=1,
+                                         bitorder="little").tobytes())
+      rows += len(block)
+      progress.add(len(block))
+  finally:
+    for f in files.values():
+      f.close()
+    if lines_file is not None:
+      lines_file.close()
+  if lines == 0:
+    raise criteo.CriteoFormatError(path, None, None, "file has no rows")
+  if rows == 0:
+    raise criteo.CriteoFormatError(path, None, None, f"no valid rows: all {lines:,} lines"
+                                   " were malformed and skipped")
+  if lines_file is None and os.path.exists(paths["lines"]):
+    os.remove(paths["lines"])
+  record = {**identity, "sha256": checksum.hexdigest(), "lines": lines, "rows": rows,
+            "bad_rows": bad.count, "bad_row_examples": bad.examples,
+            "on_bad_row": config.on_bad_row, "has_lines": lines_file is not None}
+  with open(paths["json"], "w") as f:
+    json.dump(record, f)
+  report(f"parse {path}: {rows:,} rows ({bad.count:,} bad lines skipped) in"
+         f" {time.perf_counter() - progress.start:.1f} s")
+  return record
+
+
+def _read_temp(tmp: str, i: int, record: dict, start: int, stop: int) -> dict[str, np.ndarray]:
+  """Rows [start, stop) of input `i`'s pass-1 arrays (plain reads: no mmap in RSS)."""
+  paths = _temp_paths(tmp, i)
+  n = stop - start
+  def read(name, dtype, width):
+    itemsize = np.dtype(dtype).itemsize * width
+    with open(paths[name], "rb") as f:
+      f.seek(start * itemsize)
+      out = np.fromfile(f, dtype=dtype, count=n * width)
+    return out.reshape(n, width) if width > 1 else out
+  out = {"label": read("label", np.int8, 1), "dense": read("dense", np.float32, NUM_DENSE)}
+  keys = read("keys", np.uint32, NUM_SPARSE).astype(np.int64)
+  missing = read("missing", np.uint8, _MISSING_BYTES)
+  if missing.any():
+    bits = np.unpackbits(missing, axis=1, count=NUM_SPARSE, bitorder="little")
+    keys[bits.astype(bool)] = criteo.MISSING_KEY
+  out["keys"] = keys
+  if record["has_lines"]:
+    out["lines"] = read("lines", np.int64, 1)
+  else:
+    out["lines"] = np.arange(start + 1, stop + 1, dtype=np.int64)
+  return out
+
+
+def _chunks(rows: int, chunk_rows: int):
+  for start in range(0, rows, chunk_rows):
+    yield start, min(start + chunk_rows, rows)
+
+
+def _write_npy_header(f, dtype, shape) -> None:
+  np.lib.format.write_array_header_2_0(
+      f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+          "shape": tuple(shape)})
+
+
+def preprocess(config: PreprocessConfig,
+               report: Callable[[str], None] = logging.info) -> dict:
+  """Preprocesses `config.inputs` into `config.output_dir`; returns meta.json's dict.
+
+  Raises:
+    CriteoFormatError: a malformed row (file, line, field), an empty file,
+      truncated gzip or a directory without data (unless skipping bad rows).
+    ValueError: bad options, or an output_dir holding a different preprocessing.
+  """
+  mode, _ = parse_split(config.split)
+  if config.on_bad_row not in criteo.ON_BAD_ROW:
+    raise ValueError(f"on_bad_row must be one of {criteo.ON_BAD_ROW}, got {config.on_bad_row!r}")
+  if config.dense_dtype not in ("float32", "float16"):
+    raise ValueError(f"dense_dtype must be float32 or float16, got {config.dense_dtype!r}")
+  if config.min_frequency < 1:
+    raise ValueError(f"min_frequency must be >= 1, got {config.min_frequency}")
+  if config.max_rows_per_table is not None and config.max_rows_per_table < 2:
+    raise ValueError(f"max_rows_per_table must be >= 2, got {config.max_rows_per_table}")
+  inputs = expand_inputs(config.inputs)
+  if mode == "days" and len(inputs) < 2:
+    raise ValueError("split 'days' needs at least two input files (one per day)")
+  identity = {"inputs": [_identity(p) for p in inputs], "options": config.options()}
+  out = config.output_dir
+  meta_path = os.path.join(out, META)
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if meta.get("identity") == identity:
+      report(f"{out}: already preprocessed from the same inputs and options; reusing it")
+      return meta
+    raise ValueError(f"{out} already holds a preprocessing of other inputs or options;"
+                     " choose another --output_dir or delete it")
+  tmp = os.path.join(out, "tmp")
+  os.makedirs(tmp, exist_ok=True)
+  state_path = os.path.join(tmp, "identity.json")
+  if os.path.exists(state_path):
+    with open(state_path) as f:
+      if json.load(f) != identity:  # options changed since the interrupted run
+        shutil.rmtree(tmp)
+        os.makedirs(tmp)
+  with open(state_path, "w") as f:
+    json.dump(identity, f)
+  start_time = time.perf_counter()
+  workers = min(4, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    # Pass 1: parse.
+    records = [_parse_file(i, p, tmp, config, pool, report) for i, p in enumerate(inputs)]
+    assigner = SplitAssigner(config.split, [r["lines"] for r in records], config.seed)
+    line_offsets = np.cumsum([0] + [r["lines"] for r in records])
+    buckets = None if config.max_rows_per_table is None else config.max_rows_per_table - 1
+
+    def chunks():
+      for i, record in enumerate(records):
+        for start, stop in _chunks(record["rows"], config.chunk_rows):
+          part = _read_temp(tmp, i, record, start, stop)
+          part["split"] = assigner.assign(line_offsets[i] + part["lines"] - 1)
+          yield part
+
+    # Pass 2: split sizes, positive rates, training-row frequencies -> vocabulary.
+    vocab_path = os.path.join(tmp, VOCAB)
+    sizes_path = os.path.join(tmp, "sizes.json")
+    if os.path.exists(vocab_path) and os.path.exists(sizes_path):
+      vocab = criteo.Vocabulary.load(vocab_path)
+      with open(sizes_path) as f:
+        sizes = json.load(f)
+      report("count: reusing the saved vocabulary")
+    else:
+      counter = criteo.FrequencyCounter()
+      rows = np.zeros(3, np.int64)
+      positives = np.zeros(3, np.int64)
+      progress = _Progress("count", sum(r["rows"] for r in records), report)
+      for part in chunks():
+        rows += np.bincount(part["split"], minlength=3)
+        positives += np.bincount(part["split"], weights=part["label"], minlength=3).astype(np.int64)
+        train_keys = part["keys"][part["split"] == 0]
+        if buckets is not None:
+          train_keys = criteo.hash_keys(train_keys, buckets)
+        counter.update(train_keys, pool)
+        progress.add(len(part["label"]))
+      vocab = criteo.Vocabulary.from_counts(counter, config.min_frequency, buckets)
+      del counter
+      sizes = {"rows": rows.tolist(), "positives": positives.tolist()}
+      if sizes["rows"][0] == 0:
+        raise ValueError(f"the training split of {inputs} is empty")
+      vocab.save(vocab_path)
+      with open(sizes_path, "w") as f:
+        json.dump(sizes, f)
+    # Pass 3: encode and write one .npy per split and field.
+    dense_dtype = np.dtype(config.dense_dtype)
+    files = {}
+    for s, split in enumerate(SPLITS):
+      os.makedirs(os.path.join(out, split), exist_ok=True)
+      n = sizes["rows"][s]
+      for name, dtype, shape in (("dense", dense_dtype, (n, NUM_DENSE)),
+                                 ("cat", np.int32, (n, NUM_SPARSE)),
+                                 ("label", np.float32, (n,))):
+        f = open(os.path.join(out, split, f"{name}.npy"), "wb")
+        _write_npy_header(f, dtype, shape)
+        files[split, name] = f
+    progress = _Progress("encode", sum(sizes["rows"]), report)
+    try:
+      for part in chunks():
+        for s, split in enumerate(SPLITS):
+          sel = part["split"] == s
+          if not sel.any():
+            continue
+          files[split, "dense"].write(part["dense"][sel].astype(dense_dtype).tobytes())
+          files[split, "cat"].write(vocab.encode(part["keys"][sel], pool).tobytes())
+          files[split, "label"].write(part["label"][sel].astype(np.float32).tobytes())
+        progress.add(len(part["label"]))
+    finally:
+      for f in files.values():
+        f.close()
+  vocab.save(os.path.join(out, VOCAB))
+  seconds = time.perf_counter() - start_time
+  total_rows = int(sum(sizes["rows"]))
+  meta = {
+      "format": FORMAT,
+      "identity": identity,
+      "rows": dict(zip(SPLITS, sizes["rows"])),
+      "positive_rate": {split: sizes["positives"][s] / max(sizes["rows"][s], 1)
+                        for s, split in enumerate(SPLITS)},
+      "vocab_sizes": list(vocab.sizes),
+      "num_dense": NUM_DENSE,
+      "num_sparse": NUM_SPARSE,
+      "dense_dtype": config.dense_dtype,
+      "options": config.options(),
+      "split_mode": mode,
+      "inputs": [{k: r[k] for k in ("path", "size", "mtime_ns", "sha256", "lines", "rows",
+                                    "bad_rows")} for r in records],
+      "bad_rows": {"count": int(sum(r["bad_rows"] for r in records)),
+                   "examples": [e for r in records for e in r["bad_row_examples"]][:20]},
+      "seconds": seconds,
+      "rows_per_sec": total_rows / max(seconds, 1e-9),
+  }
+  tmp_meta = meta_path + ".tmp"
+  with open(tmp_meta, "w") as f:
+    json.dump(meta, f, indent=2)
+    f.write("\n")
+  os.replace(tmp_meta, meta_path)
+  if not config.keep_temp:
+    shutil.rmtree(tmp, ignore_errors=True)
+  report(f"preprocessed {total_rows:,} rows into {out} in {seconds:.1f} s"
+         f" ({meta['rows_per_sec']:,.0f} rows/s); rows per split {meta['rows']},"
+         f" {meta['bad_rows']['count']:,} bad lines skipped")
+  return meta
+
+
+def is_preprocessed(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, META))
+
+
+def load_meta(path: str) -> dict:
+  with open(os.path.join(path, META)) as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{path}/{META}: unknown format {meta.get('format')!r}")
+  return meta
+
+
+def load_preprocessed(path: str) -> Splits:
+  """Memory-mapped train / validation / test `CTRDataset`s of a preprocessed directory."""
+  meta = load_meta(path)
+  sizes = tuple(meta["vocab_sizes"])
+  def split(name):
+    arrays = {k: np.load(os.path.join(path, name, f"{k}.npy"), mmap_mode="r")
+              for k in ("dense", "cat", "label")}
+    return CTRDataset(vocab_sizes=sizes, **arrays)
+  return Splits(*(split(s) for s in SPLITS))
+
+
+def load_vocabulary(path: str) -> criteo.Vocabulary:
+  """The training vocabulary of a preprocessed directory: encodes new raw rows
+  exactly like its training rows (`criteo.encode_raw(criteo.read_raw(f), vocab)`)."""
+  return criteo.Vocabulary.load(os.path.join(path, VOCAB))
