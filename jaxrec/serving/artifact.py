@@ -1,0 +1,111 @@
+"""The serving artifact: an exported inference function with its weights and vocabularies.
+
+One file (a numpy ``.npz`` zip, uncompressed) written by `jaxrec.serving.export`:
+
+* ``exported``: the ``jax.export`` serialization (StableHLO) of
+  ``probabilities = f(weights, dense [B, num_dense] float32, cat [B, F] int32)``
+  with a symbolic batch dimension B, lowered for one or more platforms;
+* ``weights/00000``...: the model's variables, flattened in the order ``f`` takes;
+* ``vocab/C1``... and ``vocab/min_frequency``: the training vocabularies, when
+  the run had them (raw Criteo rows encode with them);
+* ``meta``: JSON (format version, input sizes, vocabulary sizes, platforms,
+  the model spec for reference).
+
+`ServingModel.load` runs it with jax and numpy alone: no jaxrec model code
+(only `jaxrec.data.criteo`, to encode raw rows the way training did).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrec.data import criteo
+
+FORMAT = "jaxrec-serving/1"
+
+
+def pack_json(obj: Any) -> np.ndarray:
+  return np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+
+
+def weight_key(i: int) -> str:
+  return f"weights/{i:05d}"
+
+
+@dataclasses.dataclass
+class ServingModel:
+  """A loaded artifact: `predict` encoded inputs, `encode` raw rows.
+
+  Attributes:
+    meta: the artifact's metadata.
+    vocabulary: training vocabularies, or None.
+  """
+
+  meta: dict
+  vocabulary: criteo.Vocabulary | None
+  _weights: list
+  _call: Any
+
+  @classmethod
+  def load(cls, path: str) -> "ServingModel":
+    """Reads an artifact and places its weights on the default device."""
+    with np.load(path, allow_pickle=False) as z:
+      if "meta" not in z.files or "exported" not in z.files:
+        raise ValueError(f"{path}: not a jaxrec serving artifact (no meta / exported)")
+      meta = json.loads(z["meta"].tobytes())
+      if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: artifact format {meta.get('format')!r}, this loader reads"
+                         f" {FORMAT!r}")
+      exported = jax.export.deserialize(bytearray(z["exported"].tobytes()))
+      weights = [jax.device_put(z[weight_key(i)]) for i in range(meta["num_weights"])]
+      vocabulary = None
+      if meta["has_vocabulary"]:
+        vocabulary = criteo.Vocabulary(
+            keys=tuple(z[f"vocab/{name}"] for name in meta["sparse_names"]),
+            min_frequency=int(z["vocab/min_frequency"]))
+    platform = jax.devices()[0].platform
+    platform = "cuda" if platform == "gpu" else platform
+    if platform not in exported.platforms:
+      raise ValueError(f"{path}: exported for {exported.platforms}, this machine runs {platform};"
+                       " re-export with --platforms including it")
+    return cls(meta=meta, vocabulary=vocabulary, _weights=weights,
+               _call=jax.jit(exported.call))
+
+  @property
+  def vocab_sizes(self) -> tuple[int, ...]:
+    return tuple(self.meta["vocab_sizes"])
+
+  def check_inputs(self, dense: np.ndarray, cat: np.ndarray) -> None:
+    """Shapes, dtypes and id ranges (an out-of-range id would gather the wrong row)."""
+    n, f = len(dense), len(self.vocab_sizes)
+    if dense.shape != (n, self.meta["num_dense"]) or cat.shape != (n, f):
+      raise ValueError(f"expected dense [B, {self.meta['num_dense']}] and cat [B, {f}], got"
+                       f" {dense.shape} and {cat.shape}")
+    bad = (cat < 0) | (cat >= np.asarray(self.vocab_sizes))
+    if bad.any():
+      row, col = map(int, np.argwhere(bad)[0])
+      raise ValueError(f"categorical id {int(cat[row, col])} out of range"
+                       f" [0, {self.vocab_sizes[col]}) in row {row}, column {col}")
+
+  def predict_async(self, dense: np.ndarray, cat: np.ndarray) -> jax.Array:
+    """Click probabilities [B] as a device array (not waited for)."""
+    return self._call(self._weights, np.asarray(dense, np.float32), np.asarray(cat, np.int32))
+
+  def predict(self, dense: np.ndarray, cat: np.ndarray) -> np.ndarray:
+    """Click probabilities [B] (float32) for encoded inputs."""
+    dense, cat = np.asarray(dense, np.float32), np.asarray(cat, np.int32)
+    self.check_inputs(dense, cat)
+    return np.asarray(self.predict_async(dense, cat))
+
+  def encode(self, raw: criteo.RawBlock) -> tuple[np.ndarray, np.ndarray]:
+    """Raw rows -> (dense float32, ids int32) with the training vocabularies."""
+    if self.vocabulary is None:
+      raise ValueError("this artifact has no vocabularies (its run was trained on encoded or"
+                       " synthetic data, or imported): it scores encoded ids only")
+    data = criteo.encode_raw(raw, self.vocabulary)
+    return data.dense, data.cat
