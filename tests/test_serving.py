@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxrec.data import criteo
-from jaxrec.data.dataset import random_split_indices
+from jaxrec.data.preprocess import SplitAssigner
 from jaxrec.data.sources import DataConfig
 from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.registry import ModelConfig
@@ -109,11 +109,15 @@ def criteo_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("criteo") / "run")
   config = TrainConfig(model=ModelConfig(bottom_mlp=(16, 8), top_mlp=(16, 1)),
                        embedding=EmbeddingConfig(dim=8),
-                       data=DataConfig(source=CRITEO_KAGGLE_10K), batch_size=256,
+                       data=DataConfig(source=CRITEO_KAGGLE_10K,
+                                       cache_dir=str(tmp_path_factory.mktemp("cache"))),
+                       batch_size=256,
                        eval_batch_size=512, log_every=1000)
   report = train_and_evaluate(config, workdir)
   # The test split's raw lines, in file order (the evaluation path's rows).
-  _, _, test_index = random_split_indices(10_000, config.data.split, config.data.seed)
+  assigned = SplitAssigner(config.data.split_spec, [10_000], config.data.seed).assign(
+      np.arange(10_000))
+  test_index = np.flatnonzero(assigned == 2)  # 0 train, 1 validation, 2 test
   with open(CRITEO_KAGGLE_10K, "rb") as f:
     lines = f.readlines()
   test_tsv = os.path.join(os.path.dirname(workdir), "test.tsv")

@@ -6,8 +6,8 @@ One file (a numpy ``.npz`` zip, uncompressed) written by `jaxrec.serving.export`
   ``probabilities = f(weights, dense [B, num_dense] float32, cat [B, F] int32)``
   with a symbolic batch dimension B, lowered for one or more platforms;
 * ``weights/00000``...: the model's variables, flattened in the order ``f`` takes;
-* ``vocab/C1``... and ``vocab/min_frequency``: the training vocabularies, when
-  the run had them (raw Criteo rows encode with them);
+* ``vocabulary``: the training vocabularies (`jaxrec.data.criteo.Vocabulary`'s
+  own ``.npz`` bytes), when the run had them: raw Criteo rows encode with them;
 * ``meta``: JSON (format version, input sizes, vocabulary sizes, platforms,
   the model spec for reference).
 
@@ -18,6 +18,7 @@ One file (a numpy ``.npz`` zip, uncompressed) written by `jaxrec.serving.export`
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from typing import Any
 
@@ -65,9 +66,7 @@ class ServingModel:
       weights = [jax.device_put(z[weight_key(i)]) for i in range(meta["num_weights"])]
       vocabulary = None
       if meta["has_vocabulary"]:
-        vocabulary = criteo.Vocabulary(
-            keys=tuple(z[f"vocab/{name}"] for name in meta["sparse_names"]),
-            min_frequency=int(z["vocab/min_frequency"]))
+        vocabulary = criteo.Vocabulary.load(io.BytesIO(z["vocabulary"].tobytes()))
     platform = jax.devices()[0].platform
     platform = "cuda" if platform == "gpu" else platform
     if platform not in exported.platforms:

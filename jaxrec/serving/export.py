@@ -10,6 +10,7 @@ The artifact layout is described in `jaxrec.serving.artifact`.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
@@ -75,10 +76,10 @@ def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS
   arrays = {"meta": artifact.pack_json(meta),
             "exported": np.frombuffer(bytes(serialized), np.uint8)}
   arrays.update({artifact.weight_key(i): np.asarray(x) for i, x in enumerate(leaves)})
-  if run.vocabulary is not None:
-    arrays.update({f"vocab/{name}": keys
-                   for name, keys in zip(meta["sparse_names"], run.vocabulary.keys)})
-    arrays["vocab/min_frequency"] = np.asarray(run.vocabulary.min_frequency)
+  if run.vocabulary is not None:  # Vocabulary's own .npz format, nested
+    buffer = io.BytesIO()
+    run.vocabulary.save(buffer)
+    arrays["vocabulary"] = np.frombuffer(buffer.getvalue(), np.uint8)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:  # a file object: np.savez does not append ".npz"
     np.savez(f, **arrays)
