@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 from absl import logging
+from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
@@ -29,6 +30,17 @@ def _quiet():
     yield
   finally:
     logging.set_verbosity(previous)
+
+
+def _path_names(path) -> tuple[str, ...]:
+  """A pytree key path as plain names (dict keys, attributes and indices alike)."""
+  names = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+  return tuple(names)
 
 
 class Checkpointer:
@@ -50,20 +62,50 @@ class Checkpointer:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore(self, target_state: Any = None, step: int | None = None) -> tuple[Any, dict]:
+  def restore(self, target_state: Any = None, step: int | None = None, *,
+              resizable_rows: tuple[str, ...] = ()) -> tuple[Any, dict]:
     """Restores into the structure, shapes and shardings of `target_state`.
 
     With no target, returns the saved tree as plain nested dicts of arrays.
+
+    Args:
+      target_state: arrays or ShapeDtypeStructs (with shardings) to restore into.
+      step: checkpoint step (None: the latest).
+      resizable_rows: top-level fields of the state (e.g. "tables") whose
+        arrays may differ from the saved ones in their first dimension only:
+        they are truncated or zero-padded (row padding of sharded tables, so
+        a run saved on N devices restores on M). Any other shape difference
+        is an error.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = None if target_state is None else jax.tree_util.tree_map(
         ocp.utils.to_shape_dtype_struct, target_state)
+    strict = True
+    if abstract is not None and resizable_rows:
+      self._check_shapes(step, abstract, resizable_rows)
+      strict = False
     with _quiet():
       restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(abstract, strict=strict), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
+
+  def _check_shapes(self, step: int, abstract: Any, resizable_rows: tuple[str, ...]) -> None:
+    """Raises unless saved and target shapes agree, up to rows of `resizable_rows` fields."""
+    with _quiet():
+      saved = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self.directory) / str(step) / "state").tree
+    saved_shapes = {_path_names(p): tuple(m.shape) for p, m in
+                    jax.tree_util.tree_flatten_with_path(saved)[0]}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+      names = _path_names(path)
+      want, have = tuple(leaf.shape), saved_shapes.get(names)
+      rows_only = (names[0] in resizable_rows and have is not None and len(have) == len(want)
+                   and have[1:] == want[1:])
+      if have != want and not rows_only:
+        raise ValueError(f"checkpoint step {step} in {self.directory}: {'/'.join(names)} has"
+                         f" shape {have}, expected {want}")
 
   def close(self) -> None:
     with _quiet():

@@ -27,6 +27,7 @@ from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
 from jaxrec.train import run_dir, sparse
 from jaxrec.train.checkpoint import Checkpointer
+from jaxrec.train.sharding import MeshConfig
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
                                make_predict, make_train_step)
 
@@ -50,6 +51,8 @@ class TrainConfig:
     log_every: fetch and log the running loss every N steps.
     checkpoint_every: save every N steps (0: each epoch end); the end is always saved.
     seed: init, data order and dropout seed.
+    mesh: train on a (data, model) device mesh (`jaxrec.train.sharded_step`);
+      None: one device. Checkpoints restore on any mesh.
   """
 
   model: ModelConfig = ModelConfig()
@@ -67,6 +70,7 @@ class TrainConfig:
   log_every: int = 100
   checkpoint_every: int = 0
   seed: int = 0
+  mesh: MeshConfig | None = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -95,19 +99,21 @@ def check_resume_compatible(saved: dict, config: TrainConfig) -> None:
                      f" (saved {saved.get(diffs[0])!r}, now {current.get(diffs[0])!r})")
 
 
-def predict_dataset(predict, params, tables, dataset: CTRDataset, batch_size: int) -> np.ndarray:
+def predict_dataset(predict, params, tables, dataset: CTRDataset, batch_size: int,
+                    sharding=None) -> np.ndarray:
   """Click probabilities for every row of `dataset` (one host transfer at the end)."""
   outs = []
-  for batch in loader.prefetch_to_device(loader.iterate_batches(dataset, batch_size)):
+  for batch in loader.prefetch_to_device(loader.iterate_batches(dataset, batch_size),
+                                         sharding=sharding):
     outs.append(predict(params, tables, batch["dense"], batch["cat"]))
   probs = np.concatenate(jax.device_get(outs)) if outs else np.zeros(0, np.float32)
   return probs[:len(dataset)]
 
 
 def evaluate(predict, params, tables, dataset: CTRDataset, batch_size: int,
-             train_positive_rate: float) -> dict[str, float]:
+             train_positive_rate: float, sharding=None) -> dict[str, float]:
   start = time.perf_counter()
-  probs = predict_dataset(predict, params, tables, dataset, batch_size)
+  probs = predict_dataset(predict, params, tables, dataset, batch_size, sharding)
   seconds = time.perf_counter() - start
   out = metrics_lib.ctr_metrics(dataset.label, probs, train_positive_rate, dataset.oracle_prob)
   out["probs"] = probs
@@ -163,15 +169,26 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   table_opt = sparse.create(config.resolved_embedding_optimizer,
                             config.embedding_learning_rate or config.learning_rate)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, init_key, dense_tx, table_opt)
-  train_step = make_train_step(model, dense_tx, table_opt, dropout_key,
-                               regularizer=build_regularizer(config.model))
-  predict = make_predict(model)
+  batch_sharding, eval_batch_size = None, config.eval_batch_size
+  regularizer = build_regularizer(config.model)
+  if config.mesh is None:
+    state = create_train_state(model, init_key, dense_tx, table_opt)
+    train_step = make_train_step(model, dense_tx, table_opt, dropout_key,
+                                 regularizer=regularizer)
+    predict = make_predict(model)
+  else:  # several devices; see jaxrec.train.sharded_step
+    from jaxrec.train.sharded_step import ShardedTraining
+    sharded = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
+                                       batch_size=config.batch_size, regularizer=regularizer)
+    logging.info("%s", sharded.memory_report())  # before anything is allocated
+    state, train_step, predict = sharded.init_state(init_key), sharded.train_step, sharded.predict
+    batch_sharding, eval_batch_size = sharded.batch_sharding, sharded.round_batch(eval_batch_size)
+  resizable = ("tables", "table_opt_state")  # checkpoints from any mesh (padded rows)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   step = 0
   if resume and checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(state)
+    state, meta = checkpointer.restore(state, resizable_rows=resizable)
     step = int(meta["step"])
     _truncate_history(history_path, step)
     logging.info("resumed from step %d", step)
@@ -188,8 +205,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                total_steps, config.batch_size)
 
   def run_eval(dataset, split_name):
-    result = evaluate(predict, state.params, state.tables, dataset, config.eval_batch_size,
-                      train_positive_rate)
+    result = evaluate(predict, state.params, state.tables, dataset, eval_batch_size,
+                      train_positive_rate, batch_sharding)
     del result["probs"]
     record = {"step": step, "epoch": step / steps_per_epoch, "split": split_name, **result}
     _append_jsonl(history_path, record)
@@ -207,7 +224,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     epoch, start_batch = divmod(step, steps_per_epoch)
     batches = loader.prefetch_to_device(loader.iterate_batches(
         splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-        start_batch=start_batch))
+        start_batch=start_batch), sharding=batch_sharding)
     tic = time.perf_counter()
     for batch in batches:
       first = compile_seconds == 0.0
@@ -249,12 +266,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     train_seconds += time.perf_counter() - tic
   checkpointer.close()
 
-  result = evaluate(predict, state.params, state.tables, splits.test, config.eval_batch_size,
-                    train_positive_rate)
+  result = evaluate(predict, state.params, state.tables, splits.test, eval_batch_size,
+                    train_positive_rate, batch_sharding)
   # Test-split probabilities and labels, for analyses beyond the summary metrics.
   np.savez_compressed(os.path.join(workdir, "test_predictions.npz"),
                       prob=result.pop("probs"), label=splits.test.label)
   variables = {"params": state.params, "tables": state.tables}
+  tables = state.tables if config.mesh is None else {  # real rows, without the padding
+      name: jax.ShapeDtypeStruct((sharded.logical_rows[name],) + t.shape[1:], t.dtype)
+      for name, t in state.tables.items()}
   report = {
       "model": config.model.name,
       "embedding": config.embedding.kind,
@@ -266,15 +286,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       "eval_split": "test",
       "steps": step,
       "epochs": config.epochs,
-      "param_count": param_count(variables),
-      "param_bytes": param_bytes(variables),
-      "embedding_param_count": param_count(state.tables),
+      "param_count": param_count({**variables, "tables": tables}),
+      "param_bytes": param_bytes({**variables, "tables": tables}),
+      "embedding_param_count": param_count(tables),
       "dense_param_count": param_count(state.params),
       "train_seconds": train_seconds + compile_seconds,
       "compile_seconds": compile_seconds,
       "train_examples_per_sec": timed_examples / max(train_seconds, 1e-9),
       "eval_examples_per_sec": result["eval_examples_per_sec"],
       "device": str(jax.devices()[0].device_kind),
+      "num_devices": 1 if config.mesh is None else config.mesh.num_devices,
   }
   _write_json(os.path.join(workdir, "metrics.json"), report)
   if on_end is not None:

@@ -1,0 +1,174 @@
+"""Device meshes for training on several devices, and where each part of the state lives.
+
+A mesh has two axes:
+
+* ``data``: data parallelism. Every group of devices along ``data`` holds a
+  full copy of the embedding tables and trains on its own slice of the batch.
+* ``model``: the embedding tables are split by rows across the ``model`` axis
+  (device ``m`` owns rows ``[m * R/M, (m + 1) * R/M)`` of every stacked table),
+  so M devices together hold tables that do not fit one.
+
+Placement (`state_specs`, `BATCH_SPEC`): the network params and their optax
+state are replicated; the stacked tables and their sparse-optimizer state are
+row-sharded over ``model`` (and replicated over ``data``); each batch is split
+over all ``data * model`` devices, so the dense MLPs are data parallel on every
+device. Tables are padded with zero rows to a multiple of M
+(`padded_rows`); the padding is never looked up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA, MODEL = "data", "model"
+# The batch dimension is split over every device of the mesh.
+BATCH_SPEC = P((DATA, MODEL))
+# Per-row arrays (tables [R, w], row accumulators [R]) are split by rows over `model`.
+ROW_SPEC = P(MODEL)
+REPLICATED = P()
+
+
+class MeshError(ValueError):
+  """A mesh that cannot be parsed or built on the available devices."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Mesh shape: `data` x `model` devices."""
+
+  data: int = 1
+  model: int = 1
+
+  def __post_init__(self):
+    if self.data < 1 or self.model < 1:
+      raise MeshError(f"mesh axes must be >= 1, got data:{self.data},model:{self.model}")
+
+  @property
+  def num_devices(self) -> int:
+    return self.data * self.model
+
+  def __str__(self) -> str:
+    return f"data:{self.data},model:{self.model}"
+
+  @classmethod
+  def parse(cls, text: str) -> "MeshConfig":
+    """Parses ``"data:N,model:M"`` (either axis may be omitted: it is then 1)."""
+    sizes = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+      match = re.fullmatch(r"(data|model):(\d+)", part)
+      if not match or match.group(1) in sizes:
+        raise MeshError(f"mesh {text!r}: expected 'data:N,model:M' with positive integers")
+      sizes[match.group(1)] = int(match.group(2))
+    if not sizes:
+      raise MeshError(f"mesh {text!r}: expected 'data:N,model:M' with positive integers")
+    return cls(**sizes)
+
+
+def make_mesh(config: MeshConfig, devices=None) -> Mesh:
+  """A ``(data, model)`` mesh over the first ``data * model`` devices (all processes')."""
+  devices = list(jax.devices() if devices is None else devices)
+  if config.num_devices > len(devices):
+    hint = ("; on CPU start Python with XLA_FLAGS=--xla_force_host_platform_device_count="
+            f"{config.num_devices} to test with virtual devices"
+            if devices[0].platform == "cpu" else "")
+    raise MeshError(f"mesh {config} needs {config.num_devices} devices, found {len(devices)}"
+                    f" ({devices[0].platform}){hint}")
+  if jax.process_count() > 1 and config.num_devices != len(devices):
+    raise MeshError(f"multi-host mesh {config} must use all {len(devices)} devices")
+  return jax.make_mesh((config.data, config.model), (DATA, MODEL),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=devices[:config.num_devices])
+
+
+def padded_rows(rows: int, model_size: int) -> int:
+  """Rows rounded up to a multiple of `model_size` (each shard holds the same count)."""
+  return -(-rows // model_size) * model_size
+
+
+def state_specs(state: Any) -> Any:
+  """PartitionSpec prefix tree for a `TrainState`: tables and their row state sharded."""
+  return state.replace(step=REPLICATED, params=REPLICATED, opt_state=REPLICATED,
+                       tables=ROW_SPEC, table_opt_state=ROW_SPEC)
+
+
+def named(mesh: Mesh, specs: Any) -> Any:
+  """PartitionSpec tree -> NamedSharding tree."""
+  return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs,
+                                is_leaf=lambda x: isinstance(x, P))
+
+
+def _bytes(tree: Any, per_device: bool) -> int:
+  """Bytes of a tree of arrays or sharded ShapeDtypeStructs (one device's share if per_device)."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if per_device else leaf.shape
+    total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def _row_bytes(tree: Any) -> int:
+  """Bytes of one row across per-row arrays (a table row plus its optimizer state)."""
+  return sum(int(np.prod(leaf.shape[1:])) * np.dtype(leaf.dtype).itemsize
+             for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _human(nbytes: int) -> str:
+  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if nbytes >= size:
+      return f"{nbytes / size:.2f} {unit}"
+  return f"{nbytes} B"
+
+
+def memory_report(state: Any, mesh: Mesh, logical_rows: dict[str, int]) -> str:
+  """Per-device bytes of each part of a sharded `TrainState` (arrays or abstract).
+
+  Args:
+    state: a sharded state, or its `jax.eval_shape` with shardings (so the
+      report can be printed before anything is allocated).
+    mesh: the mesh it lives on.
+    logical_rows: real rows of each stacked table (before padding).
+
+  Returns:
+    A table a user reads at start: rows and bytes of every stacked table on
+    each device (with its sparse-optimizer rows), beside what one device
+    would need without sharding.
+  """
+  model_size = mesh.shape[MODEL]
+  lines = [f"mesh data:{mesh.shape[DATA]},model:{model_size} over {mesh.devices.size}"
+           f" {mesh.devices.flat[0].platform} device(s); per-device memory of the train state:"]
+  total_device = total_single = 0
+  row_state = state.table_opt_state if isinstance(state.table_opt_state, dict) else {}
+  for name, table in state.tables.items():
+    rows_here = table.sharding.shard_shape(table.shape)[0]
+    row_bytes = _row_bytes([table, row_state.get(name, [])])
+    device_bytes, single_bytes = rows_here * row_bytes, logical_rows[name] * row_bytes
+    lines.append(f"  table {name:<14} {logical_rows[name]:>13,} rows -> {rows_here:>13,} rows"
+                 f" per device (1/{model_size}), {_human(device_bytes):>10} per device"
+                 f" incl. optimizer rows (unsharded: {_human(single_bytes)})")
+    total_device += device_bytes
+    total_single += single_bytes
+  for label, part in (("dense params", state.params), ("dense optimizer", state.opt_state)):
+    nbytes = _bytes(part, per_device=True)
+    lines.append(f"  {label:<20} replicated {_human(nbytes):>10} per device")
+    total_device += nbytes
+    total_single += nbytes
+  lines.append(f"  total {_human(total_device)} per device (unsharded: {_human(total_single)}"
+               " on one device)")
+  return "\n".join(lines)
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+  if batch_size % mesh.devices.size:
+    raise MeshError(f"{what}={batch_size} must be a multiple of the {mesh.devices.size} mesh"
+                    f" devices (data x model)")
+
+
+def round_up_batch(batch_size: int, mesh: Mesh) -> int:
+  return math.ceil(batch_size / mesh.devices.size) * mesh.devices.size
