@@ -68,6 +68,12 @@ flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
 flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
 flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<model>-<timestamp>).")
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --output_dir.")
+flags.DEFINE_string("mesh", "", "Train on a device mesh 'data:N,model:M': batches split over"
+                    " all N*M devices, embedding rows split over M (empty = one device).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0"
+                    " (calls jax.distributed.initialize; every process runs the same command).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
 
 
 class FlagError(ValueError):
@@ -82,6 +88,39 @@ def parse_layers(name: str, value: str) -> tuple[int, ...]:
   if not sizes or any(s < 1 for s in sizes):
     raise FlagError(f"--{name}={value!r}: layer sizes must be positive")
   return sizes
+
+
+def parse_mesh(text: str, batch_size: int):
+  """--mesh -> MeshConfig (None when empty); the batch must split over its devices."""
+  from jaxrec.train.sharding import MeshConfig, MeshError
+  if not text:
+    return None
+  try:
+    mesh = MeshConfig.parse(text)
+  except MeshError as e:
+    raise FlagError(f"--mesh: {e}") from None
+  if batch_size % mesh.num_devices:
+    raise FlagError(f"--batch_size={batch_size} must be a multiple of the {mesh.num_devices}"
+                    f" devices of --mesh={text}")
+  return mesh
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize from the multi-host flags (before any device is used)."""
+  given = [FLAGS.coordinator_address is not None, FLAGS.num_processes is not None,
+           FLAGS.process_id is not None]
+  if not any(given):
+    return
+  if not all(given):
+    raise FlagError("multi-host runs need all of --coordinator_address, --num_processes and"
+                    " --process_id")
+  if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    raise FlagError(f"--process_id={FLAGS.process_id}: must be in [0, --num_processes="
+                    f"{FLAGS.num_processes})")
+  if not FLAGS.mesh:
+    raise FlagError("multi-host runs need --mesh (covering every process's devices)")
+  import jax
+  jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
 def config_from_flags():
@@ -146,6 +185,7 @@ def config_from_flags():
                     f"{FLAGS.embedding_dim} for afm")
   if FLAGS.resume and not FLAGS.output_dir:
     raise FlagError("--resume needs --output_dir (the run to continue)")
+  mesh = parse_mesh(FLAGS.mesh, FLAGS.batch_size)
 
   data = DataConfig(source=FLAGS.data, synthetic_rows=FLAGS.synthetic_rows,
                     synthetic_max_vocab=FLAGS.synthetic_max_vocab or None,
@@ -163,7 +203,7 @@ def config_from_flags():
       embedding_learning_rate=FLAGS.embedding_learning_rate or None,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
-      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed)
+      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, mesh=mesh)
 
 
 def summary(metrics: dict, output_dir: str) -> str:
@@ -194,6 +234,7 @@ def main(argv):
     sys.exit(2)
   try:
     config = config_from_flags()
+    init_distributed()
   except FlagError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -201,6 +242,7 @@ def main(argv):
       "runs", f"{FLAGS.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   from jaxrec.data.criteo import CriteoFormatError
   from jaxrec.train.loop import ResumeError, train_and_evaluate
+  from jaxrec.train.sharding import MeshError
   on_end = None
   if FLAGS.attention_heatmap:
     from experiments.attention_heatmap import write_attention_report
@@ -208,7 +250,7 @@ def main(argv):
         model, variables, splits.test, output_dir, config.eval_batch_size)
   try:
     metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end)
-  except (CriteoFormatError, ResumeError) as e:
+  except (CriteoFormatError, ResumeError, MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(summary(metrics, output_dir))

@@ -139,9 +139,13 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     state, meta = checkpointer.restore(step=step)
   finally:
     checkpointer.close()
-  variables = {"params": state["params"], "tables": state["tables"]}
+  model = spec.build()
+  # A run trained on a device mesh saves tables padded to a multiple of its model axis.
+  rows = {name: shape[0] for name, shape in model.layout.table_shapes().items()}
+  tables = {name: t[:rows[name]] for name, t in state["tables"].items()}
+  variables = {"params": state["params"], "tables": tables}
   variables = jax.tree_util.tree_map(jnp.asarray, variables)
   vocab_path = os.path.join(workdir, VOCAB_FILE)
   vocabulary = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
-  return Run(model=spec.build(), variables=variables, spec=spec, vocabulary=vocabulary,
+  return Run(model=model, variables=variables, spec=spec, vocabulary=vocabulary,
              step=int(meta["step"]), workdir=workdir)

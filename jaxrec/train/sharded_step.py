@@ -180,6 +180,13 @@ class ShardedTraining:
     """A fresh state created in place (no device ever holds a whole table)."""
     return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
 
+  def shard_state(self, state: TrainState) -> TrainState:
+    """An unsharded state (e.g. built on one device) -> padded and placed on the mesh."""
+    def pad(state):
+      return state.replace(tables=_pad_tables(state.tables, self.model_size),
+                           table_opt_state=_pad_tables(state.table_opt_state, self.model_size))
+    return jax.jit(pad, out_shardings=self.state_shardings)(state)
+
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, without allocating it."""
     abstract = jax.eval_shape(self._init, jax.random.key(0))
