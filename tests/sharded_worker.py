@@ -20,6 +20,7 @@ from jaxrec.data import loader, synthetic
 from jaxrec.data.sources import DataConfig
 from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel
+from jaxrec.models import registry
 from jaxrec.models.registry import MODELS, ModelConfig
 from jaxrec.train import sharding, sparse
 from jaxrec.train.checkpoint import Checkpointer
@@ -38,14 +39,16 @@ def _max_diff(a, b) -> float:
 
 def compare(model_config, embedding, optimizer, table_optimizer, mesh_config, data):
   """Runs STEPS steps on one device and on a mesh from the same init; reports differences."""
+  embedding = registry.embedding_config_for(model_config, embedding)
   model = CTRModel.create(model_config, embedding, data.vocab_sizes)
   tx = dense_optimizer(optimizer, 0.05)
   table_opt = sparse.create(table_optimizer, 0.05)
+  regularizer = registry.build_regularizer(model_config)
   init_key, dropout_key = jax.random.split(jax.random.key(0))
   single = create_train_state(model, init_key, tx, table_opt)
-  step = make_train_step(model, tx, table_opt, dropout_key)
+  step = make_train_step(model, tx, table_opt, dropout_key, regularizer=regularizer)
   mesh = sharding.make_mesh(mesh_config)
-  sharded = ShardedTraining(mesh, model, tx, table_opt, dropout_key)
+  sharded = ShardedTraining(mesh, model, tx, table_opt, dropout_key, regularizer)
   state = sharded.init_state(init_key)
   losses = []
   batches = loader.iterate_batches(data, 64, shuffle=True, seed=1)
@@ -55,7 +58,8 @@ def compare(model_config, embedding, optimizer, table_optimizer, mesh_config, da
     losses.append([float(m1["loss_sum"]), float(m2["loss_sum"])])
   tables = {name: np.asarray(t) for name, t in single.tables.items()}
   return {
-      "model": model_config.name, "embedding": embedding.kind, "mesh": str(mesh_config),
+      "model": model_config.name, "embedding": embedding.kind,
+      "regularized": regularizer is not None, "mesh": str(mesh_config),
       "optimizer": f"{optimizer}/{table_optimizer}", "losses": losses,
       "param_diff": _max_diff(single.params, state.params),
       "param_scale": _max_diff(single.params, jax.tree_util.tree_map(np.zeros_like, single.params)),
@@ -82,14 +86,14 @@ def equality():
       (dlrm, EmbeddingConfig(dim=8), "adagrad", "rowwise_adagrad", sharding.MeshConfig(data=4, model=2)),
   ]
   # Models and embeddings other issues add: checked when they are registered.
-  if "afm" in MODELS:
-    afm = ModelConfig(name="afm", **small)
-    cases.append((afm, EmbeddingConfig(dim=8, first_order=True), "adam", "rowwise_adagrad",
+  if "afm" in MODELS:  # no dropout: masks are drawn per device; L2 on the attention kernel
+    afm = ModelConfig(name="afm", dropout=0.0, attention_l2=0.1, attention_factor=4, **small)
+    cases.append((afm, EmbeddingConfig(dim=8), "sgd", "rowwise_adagrad",
                   sharding.MeshConfig(data=2, model=4)))
   from jaxrec.layers import embeddings
-  if "qr" in embeddings.EMBEDDING_KINDS:
-    cases.append((dlrm, EmbeddingConfig(kind="qr", dim=8), "sgd", "rowwise_adagrad",
-                  sharding.MeshConfig(data=2, model=4)))
+  if "qr" in embeddings.EMBEDDING_KINDS:  # quotient and remainder tables, both row-sharded
+    qr = EmbeddingConfig(kind="qr", dim=8, qr_collisions=4, qr_threshold=20)
+    cases.append((dlrm, qr, "sgd", "rowwise_adagrad", sharding.MeshConfig(data=2, model=4)))
   return [compare(*case, data) for case in cases]
 
 

@@ -75,6 +75,7 @@ def test_sharded_steps_match_single_device_and_split_rows():
   results = _worker("equality")
   names = {(r["model"], r["embedding"]) for r in results}
   assert ("dlrm", "full") in names
+  assert ("afm", "full") in names and any(r["regularized"] for r in results)
   for r in results:
     case = f"{r['model']}/{r['embedding']} on {r['mesh']} with {r['optimizer']}"
     single, sharded = np.array(r["losses"]).T
