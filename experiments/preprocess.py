@@ -33,7 +33,7 @@ flags.DEFINE_enum("dense_dtype", "float32", ["float32", "float16"], "Stored dens
 flags.DEFINE_enum("on_bad_row", "error", ["error", "skip"],
                   "'error' stops at the first malformed line naming file, line and field;"
                   " 'skip' drops malformed lines and counts them in meta.json.")
-flags.DEFINE_integer("block_rows", 1 << 18, "Rows parsed per block (memory ~ 1 KB per row).")
+flags.DEFINE_integer("block_rows", 1 << 16, "Rows parsed per block (memory ~ 1 KB per row).")
 flags.DEFINE_bool("keep_temp", False, "Keep the intermediate arrays (tmp/).")
 
 

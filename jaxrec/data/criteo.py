@@ -363,7 +363,7 @@ def _to_block(table: pa.Table, first_line: int, pool=None) -> RawBlock | None:
                   first_line=first_line)
 
 
-_READ_OPTIONS = _read_options(block_size=1 << 24)
+_READ_OPTIONS = _read_options(block_size=1 << 22)  # 4 MB: parsed in parallel
 
 
 def read_raw(path: str, *, on_bad_row: str = "error",
@@ -509,8 +509,12 @@ class Vocabulary:
     kept = self.keys[j]
     if len(kept) == 0:
       return np.full(len(column), OOV_ID, np.int32)
+    column = np.asarray(column, np.int64)
+    if len(kept) > 4 * len(column):  # a hash table of `kept` would cost more than a search
+      pos = np.minimum(np.searchsorted(kept, column), len(kept) - 1)
+      return np.where(kept[pos] == column, pos + 1, OOV_ID).astype(np.int32)
     # Hash lookup (pyarrow, GIL released): position in the sorted keys or null.
-    pos = pc.index_in(pa.array(np.asarray(column, np.int64)), value_set=pa.array(kept))
+    pos = pc.index_in(pa.array(column), value_set=pa.array(kept))
     ids = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
     ids += 1  # found: 1 + position; not found: OOV_ID = 0
     return ids

@@ -88,8 +88,8 @@ class PreprocessConfig:
   max_rows_per_table: int | None = None
   dense_dtype: str = "float32"
   on_bad_row: str = "error"
-  block_rows: int = 1 << 18
-  chunk_rows: int = 1 << 20
+  block_rows: int = 1 << 16
+  chunk_rows: int = 1 << 18
   keep_temp: bool = False
 
   def options(self) -> dict:
@@ -449,6 +449,8 @@ def preprocess(config: PreprocessConfig,
       vocab.save(vocab_path)
       with open(sizes_path, "w") as f:
         json.dump(sizes, f)
+      report(f"count: vocabulary of {sum(vocab.sizes):,} rows in"
+             f" {time.perf_counter() - progress.start:.1f} s")
     # Pass 3: encode and write one .npy per split and field.
     dense_dtype = np.dtype(config.dense_dtype)
     files = {}
