@@ -94,8 +94,10 @@ def epoch_order(num_rows: int, seed: int, epoch: int, start: int = 0,
 
 
 def iterate_batches(dataset: CTRDataset, batch_size: int, *, shuffle: bool = False,
-                    seed: int = 0, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-  """Batches of one epoch, starting at batch `start_batch`."""
+                    seed: int = 0, epoch: int = 0, start_batch: int = 0,
+                    block_rows: int = BLOCK_ROWS,
+                    window_blocks: int = WINDOW_BLOCKS) -> Iterator[Batch]:
+  """Batches of one epoch, starting at batch `start_batch` (see the module docstring)."""
   n = len(dataset)
   if not shuffle:
     for b in range(start_batch, num_batches(n, batch_size)):
@@ -103,7 +105,7 @@ def iterate_batches(dataset: CTRDataset, batch_size: int, *, shuffle: bool = Fal
                        batch_size)
     return
   carry = np.zeros(0, np.int64)
-  for piece in epoch_order(n, seed, epoch, start=start_batch * batch_size):
+  for piece in epoch_order(n, seed, epoch, start_batch * batch_size, block_rows, window_blocks):
     piece = np.concatenate([carry, piece]) if len(carry) else piece
     full = len(piece) // batch_size * batch_size
     for b in range(0, full, batch_size):
