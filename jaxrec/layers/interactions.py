@@ -8,7 +8,8 @@ The dot interaction has a hand-written VJP. Autodiff of the static gather is a
 scatter-add into a zero-filled ``[B, n*n]`` buffer, which on CPU cost more than
 the Gram matmul itself; here the cotangent of the Gram matrix is rebuilt with a
 gather (``G = L + L^T`` from the pair cotangents) and the input cotangent is
-one batched matmul ``G @ t``.
+one batched matmul ``G @ t``. The forward places x and the pairs with one gather
+from ``[x, Gram]`` (no separate concatenation).
 """
 
 from __future__ import annotations
@@ -37,38 +38,43 @@ def _lower_map(num_vectors: int, self_interaction: bool) -> np.ndarray:
   return lower.reshape(-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def pair_dots(t: jax.Array, self_interaction: bool = False) -> jax.Array:
-  """<t_i, t_j> for the pairs of `pair_indices`: [B, n, d] -> [B, P]."""
-  n = t.shape[1]
-  li, lj = pair_indices(n, self_interaction)
-  gram = jnp.einsum("bid,bjd->bij", t, t)
-  return gram.reshape(t.shape[0], n * n)[:, li * n + lj]
+def _output_index(num_vectors: int, dim: int, self_interaction: bool) -> np.ndarray:
+  """Columns of [x, gram flattened] that form the output [x, pairs]."""
+  li, lj = pair_indices(num_vectors, self_interaction)
+  return np.concatenate([np.arange(dim), dim + li * num_vectors + lj]).astype(np.int32)
 
 
-def _pair_dots_fwd(t, self_interaction):
-  return pair_dots(t, self_interaction), t
-
-
-def _pair_dots_bwd(self_interaction, t, g):
-  n = t.shape[1]
-  padded = jnp.concatenate([g, jnp.zeros((g.shape[0], 1), g.dtype)], axis=1)
-  lower = padded[:, _lower_map(n, self_interaction)].reshape(g.shape[0], n, n)
-  # d<t_i, t_j>/dt = g_ij t_j for row i and g_ij t_i for row j; the diagonal doubles.
-  sym = lower + jnp.swapaxes(lower, 1, 2)
-  return (jnp.einsum("bij,bjd->bid", sym, t).astype(t.dtype),)
-
-
-pair_dots.defvjp(_pair_dots_fwd, _pair_dots_bwd)
-
-
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def dot_interaction(x: jax.Array, fields: jax.Array, self_interaction: bool = False) -> jax.Array:
   """[x, <t_i, t_j> for pairs of t = (x, fields...)] -> [B, d + P].
 
-  With 26 fields and self_interaction False, P = 27 * 26 / 2 = 351.
+  With 26 fields and self_interaction False, P = 27 * 26 / 2 = 351. One
+  batched Gram matmul, then one gather that also places x (no separate concat).
   """
-  t = jnp.concatenate([x[:, None, :], fields.astype(x.dtype)], axis=1)  # [B, F+1, d]
-  return jnp.concatenate([x, pair_dots(t, self_interaction)], axis=1)
+  batch, dim = x.shape
+  t = jnp.concatenate([x[:, None, :], fields.astype(x.dtype)], axis=1)  # [B, n, d]
+  n = t.shape[1]
+  gram = jnp.einsum("bid,bjd->bij", t, t).reshape(batch, n * n)
+  return jnp.concatenate([x, gram], axis=1)[:, _output_index(n, dim, self_interaction)]
+
+
+def _dot_fwd(x, fields, self_interaction):
+  return dot_interaction(x, fields, self_interaction), (x, fields)
+
+
+def _dot_bwd(self_interaction, residuals, g):
+  x, fields = residuals
+  batch, dim = x.shape
+  t = jnp.concatenate([x[:, None, :], fields.astype(x.dtype)], axis=1)
+  n = t.shape[1]
+  pairs = jnp.concatenate([g[:, dim:], jnp.zeros((batch, 1), g.dtype)], axis=1)
+  lower = pairs[:, _lower_map(n, self_interaction)].reshape(batch, n, n)
+  # d<t_i, t_j>/dt_i = g_ij t_j and /dt_j = g_ij t_i: G = L + L^T (the diagonal doubles).
+  dt = jnp.einsum("bij,bjd->bid", lower + jnp.swapaxes(lower, 1, 2), t)
+  return g[:, :dim] + dt[:, 0], dt[:, 1:].astype(fields.dtype)
+
+
+dot_interaction.defvjp(_dot_fwd, _dot_bwd)
 
 
 def cat_interaction(x: jax.Array, fields: jax.Array) -> jax.Array:
