@@ -289,7 +289,7 @@ def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str 
     steps = _calibrate(run_steps, config.min_seconds)
     windows = _time_windows(run_steps, steps, config.repeats)
   if record_dir:
-    with jax.profiler.trace(record_dir):
+    with jax.profiler.trace(record_dir, create_perfetto_trace=True):
       run_steps(3)
   # The state lives on in `holder` so the caller can reuse the updated tables.
   variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
@@ -320,7 +320,7 @@ def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: 
     steps = _calibrate(run_steps, config.min_seconds)
     windows = _time_windows(run_steps, steps, config.repeats)
   if record_dir:
-    with jax.profiler.trace(record_dir):
+    with jax.profiler.trace(record_dir, create_perfetto_trace=True):
       run_steps(3)
   return {"compile_seconds": compile_seconds, "compiles": compiles.count,
           "flops_per_example": flops, "steps": steps, "windows": windows}

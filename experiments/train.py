@@ -10,6 +10,7 @@ checkpoints/ to --output_dir.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -67,6 +68,9 @@ flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 =
 flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
 flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
 flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<model>-<timestamp>).")
+flags.DEFINE_string("profile_dir", None,
+                    "Write a JAX profiler trace of the run here (use with a small --max_steps;"
+                    " open with TensorBoard's profile plugin or ui.perfetto.dev).")
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --output_dir.")
 flags.DEFINE_string("mesh", "", "Train on a device mesh 'data:N,model:M': batches split over"
                     " all N*M devices, embedding rows split over M (empty = one device).")
@@ -228,6 +232,14 @@ def summary(metrics: dict, output_dir: str) -> str:
   return "\n".join(lines)
 
 
+def _maybe_profile(profile_dir: str | None):
+  """A JAX profiler trace of the block (TensorBoard/Perfetto), or nothing."""
+  if not profile_dir:
+    return contextlib.nullcontext()
+  import jax
+  return jax.profiler.trace(profile_dir, create_perfetto_trace=True)
+
+
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
@@ -249,7 +261,8 @@ def main(argv):
     on_end = lambda model, variables, splits: write_attention_report(
         model, variables, splits.test, output_dir, config.eval_batch_size)
   try:
-    metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end)
+    with _maybe_profile(FLAGS.profile_dir):
+      metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end)
   except (CriteoFormatError, ResumeError, MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
