@@ -39,23 +39,27 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("output_dir", None, "Directory for benchmark.json.")
-flags.DEFINE_bool("quick", False, "Small run (26x100k tables, batch 128 and 2048, short "
-                  "windows): under 2 minutes on 2 CPU cores.")
-flags.DEFINE_string("profile_dir", None, "Write a JAX profiler trace per record here.")
-flags.DEFINE_list("models", ["dlrm", "afm"], "Models to run (skipped if not registered).")
-flags.DEFINE_list("rank_fractions", ["1.0", "0.5"],
-                  "DLRM rank fractions (1.0 = dense; others need jaxrec.factorize).")
-flags.DEFINE_list("batch_sizes", ["128", "2048", "8192"], "Batch sizes.")
-flags.DEFINE_list("tables", ["100k", "kaggle"], "Table sets: 100k (26 x 100,000 rows) and/or"
-                  " kaggle (real Criteo Kaggle cardinalities, 33.8M rows).")
-flags.DEFINE_list("workloads", ["train", "inference"], "Workloads to time.")
-flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
-flags.DEFINE_float("min_seconds", 2.0, "Length of each timed window.")
-flags.DEFINE_integer("repeats", 3, "Timed windows per record (the median is reported).")
-flags.DEFINE_integer("num_batches", 8, "Distinct pre-generated batches cycled through.")
-flags.DEFINE_float("zipf_exponent", 1.1, "Skew of the synthetic ids.")
-flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and of init.")
+
+def define_flags() -> None:
+  """Defines the flags (only when run as a script, so importing this module is side-effect free)."""
+  flags.DEFINE_string("output_dir", None, "Directory for benchmark.json.")
+  flags.DEFINE_bool("quick", False, "Small run (26x100k tables, batch 128 and 2048, short "
+                    "windows): under 2 minutes on 2 CPU cores.")
+  flags.DEFINE_string("profile_dir", None, "Write a JAX profiler trace per record here.")
+  flags.DEFINE_list("models", ["dlrm", "afm"], "Models to run (skipped if not registered).")
+  flags.DEFINE_list("rank_fractions", ["1.0", "0.5"],
+                    "DLRM rank fractions (1.0 = dense; others need jaxrec.factorize).")
+  flags.DEFINE_list("batch_sizes", ["128", "2048", "8192"], "Batch sizes.")
+  flags.DEFINE_list("tables", ["100k", "kaggle"], "Table sets: 100k (26 x 100,000 rows) and/or"
+                    " kaggle (real Criteo Kaggle cardinalities, 33.8M rows).")
+  flags.DEFINE_list("workloads", ["train", "inference"], "Workloads to time.")
+  flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
+  flags.DEFINE_float("min_seconds", 2.0, "Length of each timed window.")
+  flags.DEFINE_integer("repeats", 3, "Timed windows per record (the median is reported).")
+  flags.DEFINE_integer("num_batches", 8, "Distinct pre-generated batches cycled through.")
+  flags.DEFINE_float("zipf_exponent", 1.1, "Skew of the synthetic ids.")
+  flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and of init.")
+
 
 TABLE_SETS = ("100k", "kaggle")
 RECORD_KEYS = ("workload", "model", "batch_size", "tables", "rank_fraction", "examples_per_sec",
@@ -418,4 +422,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
