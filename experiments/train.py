@@ -67,6 +67,19 @@ flags.DEFINE_integer("seed", 0, "Seed of init, data, split and dropout.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 = each epoch).")
 flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
 flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
+flags.DEFINE_float("rank_fraction", 0.0,
+                   "Low-rank factorization of the Dense layers at this parameter fraction p"
+                   " (rank r < p*m*n/(m+n)); 0 = dense. Alone it implies --factorize=before.")
+flags.DEFINE_enum("factorize", None, ["before", "svd", "nmf", "auto"],
+                  "before: train factors from scratch; svd / nmf: factorize after training;"
+                  " auto: per-layer rank from --auto_tolerance or --auto_energy, then SVD.")
+flags.DEFINE_integer("finetune_epochs", 0, "Epochs of training after --factorize=svd|nmf|auto.")
+flags.DEFINE_float("auto_tolerance", 1e-3,
+                   "--factorize=auto: keep validation logloss within this of the dense model.")
+flags.DEFINE_float("auto_energy", 0.0,
+                   "--factorize=auto: if > 0, keep this share of each kernel's spectral energy"
+                   " instead (no evaluation).")
+flags.DEFINE_integer("nmf_iterations", 300, "Multiplicative-update iterations per NMF.")
 flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<model>-<timestamp>).")
 flags.DEFINE_string("profile_dir", None,
                     "Write a JAX profiler trace of the run here (use with a small --max_steps;"
@@ -191,6 +204,10 @@ def config_from_flags():
     raise FlagError("--resume needs --output_dir (the run to continue)")
   mesh = parse_mesh(FLAGS.mesh, FLAGS.batch_size)
 
+  factorize = factorize_from_flags()
+  if factorize is not None and mesh is not None:
+    raise FlagError("--factorize / --rank_fraction train on one device: drop --mesh")
+
   data = DataConfig(source=FLAGS.data, synthetic_rows=FLAGS.synthetic_rows,
                     synthetic_max_vocab=FLAGS.synthetic_max_vocab or None,
                     min_frequency=FLAGS.min_frequency, split=split, seed=FLAGS.seed,
@@ -207,7 +224,38 @@ def config_from_flags():
       embedding_learning_rate=FLAGS.embedding_learning_rate or None,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
-      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, mesh=mesh)
+      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, factorize=factorize, mesh=mesh)
+
+
+def factorize_from_flags():
+  """--rank_fraction / --factorize / ... -> FactorizeConfig, or None for a dense run."""
+  from jaxrec.factorize import FactorizeConfig
+
+  method = FLAGS.factorize
+  fraction = FLAGS.rank_fraction
+  if not 0.0 <= fraction <= 1.0:
+    raise FlagError(f"--rank_fraction={fraction}: must be in (0, 1] (0 = dense)")
+  if method is None and fraction > 0:
+    method = "before"
+  if method is None:
+    if FLAGS.finetune_epochs:
+      raise FlagError("--finetune_epochs needs --factorize=svd|nmf|auto")
+    return None
+  if method in ("before", "svd", "nmf") and fraction == 0:
+    raise FlagError(f"--factorize={method} needs --rank_fraction in (0, 1]")
+  if FLAGS.finetune_epochs < 0:
+    raise FlagError(f"--finetune_epochs={FLAGS.finetune_epochs}: must be >= 0")
+  if FLAGS.finetune_epochs and method == "before":
+    raise FlagError("--finetune_epochs applies after --factorize=svd|nmf|auto"
+                    " (with before, train longer with --epochs)")
+  if FLAGS.auto_tolerance < 0 or not 0.0 <= FLAGS.auto_energy <= 1.0:
+    raise FlagError("--auto_tolerance must be >= 0 and --auto_energy in [0, 1]")
+  if FLAGS.nmf_iterations < 1:
+    raise FlagError(f"--nmf_iterations={FLAGS.nmf_iterations}: must be >= 1")
+  return FactorizeConfig(method=method, rank_fraction=fraction or 1.0,
+                         finetune_epochs=FLAGS.finetune_epochs,
+                         auto_tolerance=FLAGS.auto_tolerance, auto_energy=FLAGS.auto_energy,
+                         nmf_iterations=FLAGS.nmf_iterations, seed=FLAGS.seed)
 
 
 def summary(metrics: dict, output_dir: str) -> str:
@@ -226,7 +274,17 @@ def summary(metrics: dict, output_dir: str) -> str:
       f"  params    {metrics['param_count']:,} ({metrics['param_bytes'] / 2**20:.1f} MiB;"
       f" {metrics['embedding_param_count']:,} in embeddings)",
       f"  training  {metrics['train_seconds']:.1f} s, {metrics['train_examples_per_sec']:,.0f}"
-      f" examples/s; inference {metrics['eval_examples_per_sec']:,.0f} examples/s",
+      f" examples/s; inference {metrics['eval_examples_per_sec']:,.0f} examples/s"
+      f" ({metrics['inference_examples_per_sec']:,.0f} at batch 8192)",
+  ]
+  if metrics.get("factorize", "none") != "none":
+    ranks = ", ".join(f"{k} {'dense' if r is None else r}" for k, r in metrics["layer_ranks"].items())
+    lines.append(f"  factorize {metrics['factorize']}: {metrics['dense_param_count']:,} network"
+                 f" params; ranks {ranks}")
+    if "prefactorize_auc" in metrics:
+      lines.append(f"  dense model before factorizing: AUC {metrics['prefactorize_auc']:.4f},"
+                   f" logloss {metrics['prefactorize_logloss']:.4f}")
+  lines += [
       f"  wrote {os.path.join(output_dir, 'metrics.json')}",
   ]
   return "\n".join(lines)

@@ -26,6 +26,15 @@ def dlrm_bias_init(key, shape, dtype=jnp.float32):
   return jax.random.normal(key, shape, dtype) * jnp.sqrt(1.0 / shape[0]).astype(dtype)
 
 
+def factor_std(m: int, n: int, rank: int) -> float:
+  """Std of u and v entries so that u @ v has the dense init's variance 2 / (m + n).
+
+  Each entry of u @ v sums `rank` products of two N(0, s^2) draws, so its
+  variance is rank * s^4; solving rank * s^4 = 2 / (m + n) gives s.
+  """
+  return float((2.0 / (m + n)) ** 0.25 / rank ** 0.25)
+
+
 class Dense(nn.Module):
   """y = x @ kernel + bias, with kernel optionally stored as factors u @ v.
 
@@ -55,11 +64,9 @@ class Dense(nn.Module):
       rank = self.rank
       if not self.is_initializing():
         rank = self.get_variable("params", "u").shape[1]
-      # Factors initialised so that u @ v has the dense kernel's variance.
-      std = jnp.sqrt(2.0 / (m + self.features))
-      factor_std = jnp.sqrt(std / jnp.sqrt(rank))
-      u = self.param("u", lambda k, s: jax.random.normal(k, s) * factor_std, (m, rank))
-      v = self.param("v", lambda k, s: jax.random.normal(k, s) * factor_std, (rank, self.features))
+      std = factor_std(m, self.features, rank)
+      u = self.param("u", lambda k, s: jax.random.normal(k, s) * std, (m, rank))
+      v = self.param("v", lambda k, s: jax.random.normal(k, s) * std, (rank, self.features))
       y = (x @ u.astype(dtype)) @ v.astype(dtype)
     else:
       kernel = self.param("kernel", self.kernel_init, (m, self.features))

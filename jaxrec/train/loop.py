@@ -21,11 +21,12 @@ from absl import logging
 from jaxrec.data import loader
 from jaxrec.data.dataset import CTRDataset
 from jaxrec.data.sources import DataConfig, load_splits_and_vocabulary
+from jaxrec.factorize.rank import FactorizeConfig
 from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
 from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
-from jaxrec.train import run_dir, sparse
+from jaxrec.train import factorize_phase, run_dir, sparse
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.sharding import MeshConfig
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
@@ -53,6 +54,8 @@ class TrainConfig:
     seed: init, data order and dropout seed.
     mesh: train on a (data, model) device mesh (`jaxrec.train.sharded_step`);
       None: one device. Checkpoints restore on any mesh.
+    factorize: low-rank factorization of the Dense layers (None: dense);
+      "before" applies at init, the others after training (then fine-tune).
   """
 
   model: ModelConfig = ModelConfig()
@@ -71,6 +74,7 @@ class TrainConfig:
   checkpoint_every: int = 0
   seed: int = 0
   mesh: MeshConfig | None = None
+  factorize: FactorizeConfig | None = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -87,6 +91,12 @@ _RESUME_KEYS = ("model", "embedding", "data", "optimizer", "embedding_optimizer"
                 "seed")
 
 
+def _trained_structure(config_json: dict):
+  """The part of `factorize` that shapes the checkpointed params (only `before` does)."""
+  f = config_json.get("factorize")
+  return f if f and f.get("method") == "before" else None
+
+
 class ResumeError(ValueError):
   """A run directory that cannot be resumed with this config."""
 
@@ -94,6 +104,8 @@ class ResumeError(ValueError):
 def check_resume_compatible(saved: dict, config: TrainConfig) -> None:
   current = json.loads(json.dumps(config.to_json()))
   diffs = [k for k in _RESUME_KEYS if saved.get(k) != current.get(k)]
+  if _trained_structure(saved) != _trained_structure(current):
+    diffs.append("factorize")
   if diffs:
     raise ResumeError(f"cannot resume: the checkpoint was written with a different {', '.join(diffs)}"
                      f" (saved {saved.get(diffs[0])!r}, now {current.get(diffs[0])!r})")
@@ -170,9 +182,14 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                             config.embedding_learning_rate or config.learning_rate)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   batch_sharding, eval_batch_size = None, config.eval_batch_size
+  factorize_config = config.factorize
+  if factorize_config is not None and config.mesh is not None:
+    raise ValueError("factorize runs on one device (mesh=None) for now")
   regularizer = build_regularizer(config.model)
   if config.mesh is None:
     state = create_train_state(model, init_key, dense_tx, table_opt)
+    if factorize_config is not None and factorize_config.method == "before":
+      state, factorize_config = factorize_phase.at_init(model, state, factorize_config, dense_tx)
     train_step = make_train_step(model, dense_tx, table_opt, dropout_key,
                                  regularizer=regularizer)
     predict = make_predict(model)
@@ -266,6 +283,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     train_seconds += time.perf_counter() - tic
   checkpointer.close()
 
+  factorize_report = {}
+  if factorize_config is not None and factorize_config.method != "before":
+    evaluate_params = lambda params, dataset: evaluate(
+        predict, params, state.tables, dataset, eval_batch_size, train_positive_rate)
+    state, factorize_report = factorize_phase.after_training(
+        model, state, factorize_config, splits=splits, evaluate_params=evaluate_params,
+        dense_tx=dense_tx, train_step=train_step, batch_size=config.batch_size,
+        seed=config.seed, first_epoch=config.epochs)
+
   result = evaluate(predict, state.params, state.tables, splits.test, eval_batch_size,
                     train_positive_rate, batch_sharding)
   # Test-split probabilities and labels, for analyses beyond the summary metrics.
@@ -294,6 +320,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       "compile_seconds": compile_seconds,
       "train_examples_per_sec": timed_examples / max(train_seconds, 1e-9),
       "eval_examples_per_sec": result["eval_examples_per_sec"],
+      "inference_examples_per_sec": factorize_phase.inference_examples_per_sec(
+          predict, state.params, state.tables, splits.test, sharding=batch_sharding),
+      **factorize_phase.factorize_summary(state.params, factorize_config),
+      **factorize_report,
       "device": str(jax.devices()[0].device_kind),
       "num_devices": 1 if config.mesh is None else config.mesh.num_devices,
   }
