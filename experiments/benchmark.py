@@ -59,6 +59,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_batches", 8, "Distinct pre-generated batches cycled through.")
   flags.DEFINE_float("zipf_exponent", 1.1, "Skew of the synthetic ids.")
   flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and of init.")
+  flags.DEFINE_string("mesh", "", "Time the sharded steps on a device mesh 'data:N,model:M'"
+                      " (jaxrec.train.sharded_step); empty = one device.")
 
 
 TABLE_SETS = ("100k", "kaggle")
@@ -88,6 +90,7 @@ class BenchConfig:
   zipf_exponent: float = 1.1
   seed: int = 0
   profile_dir: str | None = None
+  mesh: str = ""
 
 
 def config_from_flags() -> BenchConfig:
@@ -110,12 +113,21 @@ def config_from_flags() -> BenchConfig:
     raise FlagError(f"--workloads: unknown {bad}; choose from train, inference")
   if FLAGS.min_seconds <= 0 or FLAGS.repeats < 1 or FLAGS.num_batches < 1:
     raise FlagError("--min_seconds must be > 0, --repeats and --num_batches >= 1")
+  if FLAGS.mesh:
+    from jaxrec.train.sharding import MeshConfig, MeshError
+    try:
+      devices = MeshConfig.parse(FLAGS.mesh).num_devices
+    except MeshError as e:
+      raise FlagError(f"--mesh: {e}") from None
+    if any(b % devices for b in batch_sizes):
+      raise FlagError(f"--batch_sizes={','.join(FLAGS.batch_sizes)}: each must be a multiple"
+                      f" of the {devices} devices of --mesh={FLAGS.mesh}")
   config = BenchConfig(
       output_dir=FLAGS.output_dir, models=tuple(FLAGS.models), rank_fractions=fractions,
       batch_sizes=batch_sizes, tables=tuple(FLAGS.tables), workloads=tuple(FLAGS.workloads),
       compute_dtype=FLAGS.compute_dtype, min_seconds=FLAGS.min_seconds, repeats=FLAGS.repeats,
       num_batches=FLAGS.num_batches, zipf_exponent=FLAGS.zipf_exponent, seed=FLAGS.seed,
-      profile_dir=FLAGS.profile_dir)
+      profile_dir=FLAGS.profile_dir, mesh=FLAGS.mesh)
   if FLAGS.quick:  # flags given explicitly still win over the quick defaults
     quick = {"tables": ("100k",), "batch_sizes": (128, 2048), "min_seconds": 0.5,
              "repeats": 1, "num_batches": 4}
@@ -264,6 +276,15 @@ def build_variant(model_name: str, rank_fraction: float, vocab_sizes, compute_dt
   return Variant(model_name, rank_fraction, model, variables)
 
 
+def sharded_training(variant: Variant, dense_tx, table_opt, config: BenchConfig):
+  """`ShardedTraining` on `config.mesh` for a variant (see jaxrec.train.sharded_step)."""
+  import jax
+  from jaxrec.train.sharded_step import ShardedTraining
+  from jaxrec.train.sharding import MeshConfig, make_mesh
+  return ShardedTraining(make_mesh(MeshConfig.parse(config.mesh)), variant.model, dense_tx,
+                         table_opt, jax.random.key(config.seed + 1), variant.regularizer)
+
+
 def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str | None) -> dict:
   import jax
   from jaxrec.train import profiling, sparse
@@ -277,6 +298,9 @@ def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str 
                      table_opt_state=table_opt.init(variant.variables["tables"]))
   step_fn = make_train_step(variant.model, dense_tx, table_opt, jax.random.key(config.seed + 1))
   flops = profiling.matmul_flops(step_fn, state, batches[0]) / len(batches[0]["label"])
+  if config.mesh:  # FLOPs above are the whole batch's; the sharded step splits them
+    sharded = sharded_training(variant, dense_tx, table_opt, config)
+    state, step_fn = sharded.shard_state(state), sharded.train_step
   holder = {"state": state}
 
   def run_steps(n):
@@ -296,7 +320,8 @@ def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str 
     with jax.profiler.trace(record_dir, create_perfetto_trace=True):
       run_steps(3)
   # The state lives on in `holder` so the caller can reuse the updated tables.
-  variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
+  if not config.mesh:  # (sharded tables are padded: inference re-shards the variant's own)
+    variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
   return {"compile_seconds": compile_seconds, "compiles": compiles.count,
           "flops_per_example": flops, "steps": steps, "windows": windows}
 
@@ -304,13 +329,21 @@ def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str 
 def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: str | None) -> dict:
   import jax
   from jaxrec.train import profiling
-  from jaxrec.train.step import make_predict
+  from jaxrec.train.step import TrainState, make_predict
 
   predict = make_predict(variant.model)
   params, tables = variant.variables["params"], variant.variables["tables"]
   flops = profiling.matmul_flops(
       lambda p, t, d, c: variant.model.apply({"params": p, "tables": t}, d, c),
       params, tables, batches[0]["dense"], batches[0]["cat"]) / len(batches[0]["label"])
+  if config.mesh:
+    import optax
+    from jaxrec.train import sparse
+    sharded = sharded_training(variant, optax.identity(), sparse.sgd(0.0), config)
+    state = sharded.shard_state(TrainState(
+        step=jax.numpy.zeros((), jax.numpy.int32), params=params, tables=tables, opt_state=(),
+        table_opt_state={}))
+    predict, params, tables = sharded.predict, state.params, state.tables
 
   def run_steps(n):
     outs = [predict(params, tables, batches[i % len(batches)]["dense"],
@@ -342,6 +375,13 @@ def run(config: BenchConfig, log=print) -> list[dict]:
   log(f"device {device}; jax {jax.__version__}; loadavg {_loadavg()}")
   peak = matmul_peak()
   log(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+  placement, num_devices = None, 1
+  if config.mesh:  # batches split over the mesh; %peak is against peak x devices
+    from jax.sharding import NamedSharding
+    from jaxrec.train.sharding import BATCH_SPEC, MeshConfig, make_mesh
+    mesh = make_mesh(MeshConfig.parse(config.mesh))
+    placement, num_devices = NamedSharding(mesh, BATCH_SPEC), mesh.devices.size
+    log(f"mesh {config.mesh}: {num_devices} devices")
   log(HEADER)
   variants = [(m, 1.0) for m in config.models]
   if "dlrm" in config.models:
@@ -354,7 +394,7 @@ def run(config: BenchConfig, log=print) -> list[dict]:
   for tables in config.tables:
     vocab = (100_000,) * 26 if tables == "100k" else KAGGLE_CARDINALITIES
     data = {b: jax.device_put(synthetic_batches(vocab, b, config.num_batches,
-                                                config.zipf_exponent, config.seed))
+                                                config.zipf_exponent, config.seed), placement)
             for b in config.batch_sizes}
     for model_name, fraction in variants:
       _rss_reset()
@@ -376,13 +416,14 @@ def run(config: BenchConfig, log=print) -> list[dict]:
               "tables": tables, "rank_fraction": fraction, "examples_per_sec": rate,
               "compile_seconds": result["compile_seconds"], "peak_rss_bytes": _rss_peak(),
               "flops_per_example": result["flops_per_example"],
-              "fraction_of_peak": result["flops_per_example"] * rate / peak,
+              "fraction_of_peak": result["flops_per_example"] * rate / (peak * num_devices),
               "device": device,
               "compute_dtype": config.compute_dtype, "compiles": result["compiles"],
               "peak_flops_per_sec": peak, "steps_per_window": result["steps"],
               "window_examples_per_sec": [result["steps"] * batch_size / w
                                           for w in result["windows"]],
               "rss_peak_is_per_record": reset, "loadavg": _loadavg(),
+              "mesh": config.mesh or None, "num_devices": num_devices,
           }
           records.append(record)
           log(format_row(record))

@@ -206,7 +206,17 @@ class ShardedTraining:
                             in_specs=(REPLICATED, ROW_SPEC, BATCH_SPEC, BATCH_SPEC),
                             out_specs=BATCH_SPEC)
     # Probabilities come back replicated, so every process can read them.
-    return jax.jit(predict, out_shardings=self._replicated)
+    predict = jax.jit(predict, out_shardings=self._replicated)
+    if self.mesh.devices.flat[0].platform != "cpu":
+      return predict
+
+    def serialized(*args):
+      # Independent predict calls dispatched back to back can deadlock XLA:CPU's
+      # in-process collectives (every pool thread waits in a different call's
+      # rendezvous), so on CPU each call finishes before the next starts. Train
+      # steps are serialized already by their data dependence.
+      return jax.block_until_ready(predict(*args))
+    return serialized
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A host batch (the same global batch on every process) -> batch-sharded arrays."""
