@@ -28,7 +28,7 @@ from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
 from jaxrec.train import factorize_phase, run_dir, sparse
 from jaxrec.train.checkpoint import Checkpointer
-from jaxrec.train.sharding import MeshConfig
+from jaxrec.train.sharding import MeshConfig, place_batches
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
                                make_predict, make_train_step)
 
@@ -115,8 +115,8 @@ def predict_dataset(predict, params, tables, dataset: CTRDataset, batch_size: in
                     sharding=None) -> np.ndarray:
   """Click probabilities for every row of `dataset` (one host transfer at the end)."""
   outs = []
-  for batch in loader.prefetch_to_device(loader.iterate_batches(dataset, batch_size),
-                                         sharding=sharding):
+  batches = place_batches(loader.iterate_batches(dataset, batch_size), sharding)
+  for batch in loader.prefetch_to_device(batches, sharding=sharding):
     outs.append(predict(params, tables, batch["dense"], batch["cat"]))
   probs = np.concatenate(jax.device_get(outs)) if outs else np.zeros(0, np.float32)
   return probs[:len(dataset)]
@@ -134,14 +134,21 @@ def evaluate(predict, params, tables, dataset: CTRDataset, batch_size: int,
   return out
 
 
+def _writer() -> bool:
+  """Multi-host runs write reports from process 0 only (orbax coordinates checkpoints)."""
+  return jax.process_index() == 0
+
+
 def _append_jsonl(path: str, record: dict) -> None:
+  if not _writer():
+    return
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
 
 def _truncate_history(path: str, max_step: int) -> None:
   """Drops history lines written after the checkpoint a run resumes from."""
-  if not os.path.exists(path):
+  if not os.path.exists(path) or not _writer():
     return
   with open(path) as f:
     keep = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
@@ -150,6 +157,8 @@ def _truncate_history(path: str, max_step: int) -> None:
 
 
 def _write_json(path: str, obj: Any) -> None:
+  if not _writer():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -175,7 +184,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   train_positive_rate = splits.train.positive_rate
   spec = run_dir.ModelSpec(config.model, config.embedding, splits.train.vocab_sizes,
                            splits.train.num_dense)
-  run_dir.write_model_files(workdir, spec, vocabulary)  # what load_run / predict need
+  if _writer():
+    run_dir.write_model_files(workdir, spec, vocabulary)  # what load_run / predict need
   model = spec.build()
   dense_tx = dense_optimizer(config.optimizer, config.learning_rate)
   table_opt = sparse.create(config.resolved_embedding_optimizer,
@@ -209,7 +219,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     step = int(meta["step"])
     _truncate_history(history_path, step)
     logging.info("resumed from step %d", step)
-  elif os.path.exists(history_path):
+  elif os.path.exists(history_path) and _writer():
     os.remove(history_path)
   _write_json(config_path, config.to_json())
 
@@ -239,9 +249,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   running, window_start, window_steps = None, time.perf_counter(), 0
   while step < total_steps:
     epoch, start_batch = divmod(step, steps_per_epoch)
-    batches = loader.prefetch_to_device(loader.iterate_batches(
+    batches = loader.prefetch_to_device(place_batches(loader.iterate_batches(
         splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-        start_batch=start_batch), sharding=batch_sharding)
+        start_batch=start_batch), batch_sharding), sharding=batch_sharding)
     tic = time.perf_counter()
     for batch in batches:
       first = compile_seconds == 0.0
@@ -295,8 +305,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   result = evaluate(predict, state.params, state.tables, splits.test, eval_batch_size,
                     train_positive_rate, batch_sharding)
   # Test-split probabilities and labels, for analyses beyond the summary metrics.
-  np.savez_compressed(os.path.join(workdir, "test_predictions.npz"),
-                      prob=result.pop("probs"), label=splits.test.label)
+  probs = result.pop("probs")
+  if _writer():
+    np.savez_compressed(os.path.join(workdir, "test_predictions.npz"), prob=probs,
+                        label=splits.test.label)
   variables = {"params": state.params, "tables": state.tables}
   tables = state.tables if config.mesh is None else {  # real rows, without the padding
       name: jax.ShapeDtypeStruct((sharded.logical_rows[name],) + t.shape[1:], t.dtype)

@@ -35,7 +35,7 @@ from jaxrec.models.ctr_model import CTRModel
 from jaxrec.train import sparse
 from jaxrec.train.sharding import (BATCH_SPEC, DATA, MODEL, REPLICATED, ROW_SPEC, MeshConfig,
                                    check_batch_size, make_mesh, memory_report, named,
-                                   padded_rows, state_specs)
+                                   padded_rows, put_global, state_specs)
 from jaxrec.train.step import Regularizer, TrainState, create_train_state
 
 ALL = (DATA, MODEL)
@@ -220,7 +220,7 @@ class ShardedTraining:
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A host batch (the same global batch on every process) -> batch-sharded arrays."""
-    return jax.device_put(batch, self.batch_sharding)
+    return put_global(batch, self.batch_sharding)
 
   def round_batch(self, batch_size: int) -> int:
     """The smallest multiple of the device count >= batch_size (for evaluation)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -162,6 +162,25 @@ def memory_report(state: Any, mesh: Mesh, logical_rows: dict[str, int]) -> str:
   lines.append(f"  total {_human(total_device)} per device (unsharded: {_human(total_single)}"
                " on one device)")
   return "\n".join(lines)
+
+
+def put_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """A host batch that every process holds whole -> global arrays with `sharding`.
+
+  Each process copies only its own devices' slices, with no cross-process
+  check (`jax.device_put` of host data onto a multi-process sharding first
+  compares it across processes — a collective that, run from a prefetch
+  thread, can interleave with a train step's collectives and deadlock).
+  """
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+          for k, v in batch.items()}
+
+
+def place_batches(batches: Iterable[dict[str, np.ndarray]], sharding: NamedSharding | None
+                  ) -> Iterator[dict[str, Any]]:
+  """`put_global` over an iterator of host batches (unchanged when `sharding` is None)."""
+  for batch in batches:
+    yield batch if sharding is None else put_global(batch, sharding)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
