@@ -7,7 +7,8 @@ Measures the machine's float32 matmul peak, then examples/s of the jitted train
 step (sparse SGD, state donated) and of inference for bottom 13-512-256-64-16,
 d = 16, dot interaction, top 512-256-1, at batch 128 / 2048 / 8192, with 26 x
 100k tables and with the real Criteo Kaggle cardinalities (33.8M rows, 2.2 GB).
-AFM (`--model=afm`, when registered in `jaxrec.models.MODELS`) and
+AFM, DeepFM, DCN-V2 and DLRM-DCNv2 (`--models`, with their `ModelConfig`
+defaults; names not in `jaxrec.models.MODELS` are skipped) and
 `rank_fraction` 0.5 (SVD via `jaxrec.factorize`, when present) run beside DLRM;
 missing ones are skipped with a message. Inputs are deterministic synthetic
 batches with Zipf-skewed ids, generated and moved to the device before timing.
@@ -46,7 +47,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("quick", False, "Small run (26x100k tables, batch 128 and 2048, short "
                     "windows): under 2 minutes on 2 CPU cores.")
   flags.DEFINE_string("profile_dir", None, "Write a JAX profiler trace per record here.")
-  flags.DEFINE_list("models", ["dlrm", "afm"], "Models to run (skipped if not registered).")
+  flags.DEFINE_list("models", ["dlrm", "afm", "deepfm", "dcnv2", "dlrm_dcn"],
+                    "Models to run (skipped if not registered).")
   flags.DEFINE_list("rank_fractions", ["1.0", "0.5"],
                     "DLRM rank fractions (1.0 = dense; others need jaxrec.factorize).")
   flags.DEFINE_list("batch_sizes", ["128", "2048", "8192"], "Batch sizes.")
@@ -78,7 +80,7 @@ class BenchConfig:
   """What to run; built from flags by `config_from_flags`."""
 
   output_dir: str
-  models: tuple[str, ...] = ("dlrm", "afm")
+  models: tuple[str, ...] = ("dlrm", "afm", "deepfm", "dcnv2", "dlrm_dcn")
   rank_fractions: tuple[float, ...] = (1.0, 0.5)
   batch_sizes: tuple[int, ...] = (128, 2048, 8192)
   tables: tuple[str, ...] = ("100k", "kaggle")

@@ -1,4 +1,7 @@
-r"""dlrm vs afm vs fm vs afm_classic: AUC, logloss, params and train examples/s over seeds.
+r"""The model zoo (dlrm, afm, fm, afm_classic, deepfm, dcnv2, dlrm_dcn) over seeds.
+
+AUC, logloss, params and train examples/s of each model on each dataset:
+
 
   python -m experiments.compare_models                 # real 10k Criteo sample + synthetic
   python -m experiments.compare_models --datasets=synthetic --seeds=1
@@ -26,7 +29,8 @@ from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_list("models", ["dlrm", "afm", "fm", "afm_classic"], "Models to compare.")
+flags.DEFINE_list("models", ["dlrm", "afm", "fm", "afm_classic", "deepfm", "dcnv2", "dlrm_dcn"],
+                  "Models to compare (each with its ModelConfig defaults).")
 flags.DEFINE_list("datasets", ["real", "synthetic"], "'real' (--real_data) and/or 'synthetic'.")
 flags.DEFINE_string("real_data", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "..", "shared", "data", "criteo",

@@ -60,6 +60,11 @@ flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matm
 flags.DEFINE_integer("attention_factor", 16, "AFM attention network size t (afm, afm_classic).")
 flags.DEFINE_float("dropout", 0.5, "Dropout on the AFM/FM pooled pairwise layer (afm, afm_classic, fm).")
 flags.DEFINE_float("attention_l2", 0.0, "L2 weight on the AFM attention kernel W (0 = off).")
+flags.DEFINE_integer("cross_layers", 3, "DCN-V2 cross layers (dcnv2, dlrm_dcn).")
+flags.DEFINE_integer("cross_rank", 0, "Rank of the cross kernels (0 = full; dcnv2, dlrm_dcn).")
+flags.DEFINE_enum("dcn_structure", "stacked", ["stacked", "parallel"],
+                  "dcnv2: cross network then deep MLP, or the two side by side.")
+flags.DEFINE_string("deep_mlp", "512-256-64", "Deep network hidden sizes (deepfm, dcnv2).")
 flags.DEFINE_bool("attention_heatmap", False,
                   "afm/afm_classic: write the mean test-split attention per field pair to"
                   " <output_dir>/attention_heatmap.png and attention.json.")
@@ -200,6 +205,13 @@ def config_from_flags():
   if FLAGS.model == "afm" and bottom[-1] != FLAGS.embedding_dim:
     raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
                     f"{FLAGS.embedding_dim} for afm")
+  deep = parse_layers("deep_mlp", FLAGS.deep_mlp)
+  if FLAGS.cross_layers < 0 or FLAGS.cross_rank < 0:
+    raise FlagError(f"--cross_layers={FLAGS.cross_layers} / --cross_rank={FLAGS.cross_rank}:"
+                    " must be >= 0")
+  if FLAGS.model == "dlrm_dcn" and bottom[-1] != FLAGS.embedding_dim:
+    raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
+                    f"{FLAGS.embedding_dim} for dlrm_dcn")
   if FLAGS.resume and not FLAGS.output_dir:
     raise FlagError("--resume needs --output_dir (the run to continue)")
   mesh = parse_mesh(FLAGS.mesh, FLAGS.batch_size)
@@ -216,7 +228,9 @@ def config_from_flags():
   model = ModelConfig(name=FLAGS.model, bottom_mlp=bottom, top_mlp=top,
                       interaction=FLAGS.interaction, self_interaction=FLAGS.interaction_itself,
                       compute_dtype=FLAGS.compute_dtype, attention_factor=FLAGS.attention_factor,
-                      dropout=FLAGS.dropout, attention_l2=FLAGS.attention_l2)
+                      dropout=FLAGS.dropout, attention_l2=FLAGS.attention_l2,
+                      cross_layers=FLAGS.cross_layers, cross_rank=FLAGS.cross_rank or None,
+                      dcn_structure=FLAGS.dcn_structure, deep_mlp=deep)
   embedding = embedding_config_for(model, EmbeddingConfig(dim=FLAGS.embedding_dim))
   return TrainConfig(
       model=model, embedding=embedding, data=data, optimizer=FLAGS.optimizer,

@@ -11,7 +11,7 @@ from flax import linen as nn
 
 from jaxrec.layers import afm as afm_layer
 from jaxrec.layers.embeddings import EmbeddingConfig, EmbeddingLayout
-from jaxrec.models import afm, afm_classic, dlrm, fm
+from jaxrec.models import afm, afm_classic, dcnv2, deepfm, dlrm, dlrm_dcn, fm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,10 @@ class ModelConfig:
     attention_factor: AFM attention network size t (afm, afm_classic).
     dropout: dropout on the AFM/FM pooled pairwise layer (afm, afm_classic, fm).
     attention_l2: L2 weight on the AFM attention kernel W (0 = off).
+    cross_layers: DCN-V2 cross layers (dcnv2, dlrm_dcn).
+    cross_rank: init rank of the cross kernels (None = full; dcnv2, dlrm_dcn).
+    dcn_structure: "stacked" or "parallel" cross and deep networks (dcnv2).
+    deep_mlp: hidden sizes of the deep network (deepfm, dcnv2).
   """
 
   name: str = "dlrm"
@@ -38,6 +42,10 @@ class ModelConfig:
   attention_factor: int = 16
   dropout: float = 0.5
   attention_l2: float = 0.0
+  cross_layers: int = 3
+  cross_rank: int | None = None
+  dcn_structure: str = "stacked"
+  deep_mlp: tuple[int, ...] = (512, 256, 64)
 
   @property
   def dtype(self):
@@ -86,16 +94,55 @@ def _build_fm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
   return fm.FM(layout=layout, dropout=config.dropout, dtype=config.dtype)
 
 
+def _check_cross(config: ModelConfig) -> None:
+  if config.cross_layers < 0:
+    raise ValueError(f"cross_layers must be >= 0, got {config.cross_layers}")
+  if config.cross_rank is not None and config.cross_rank < 1:
+    raise ValueError(f"cross_rank must be >= 1 or None, got {config.cross_rank}")
+
+
+def _build_deepfm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  if not layout.config.first_order:
+    raise ValueError("deepfm needs first-order rows: use"
+                     " registry.embedding_config_for(model_config, embedding_config)")
+  return deepfm.DeepFM(layout=layout, deep_mlp=config.deep_mlp, dtype=config.dtype)
+
+
+def _build_dcnv2(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  _check_cross(config)
+  if config.dcn_structure not in dcnv2.DCN_STRUCTURES:
+    raise ValueError(f"dcn_structure must be one of {dcnv2.DCN_STRUCTURES},"
+                     f" got {config.dcn_structure!r}")
+  return dcnv2.DCNv2(layout=layout, cross_layers=config.cross_layers,
+                     cross_rank=config.cross_rank, structure=config.dcn_structure,
+                     deep_mlp=config.deep_mlp, dtype=config.dtype)
+
+
+def _build_dlrm_dcn(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  _check_cross(config)
+  if config.bottom_mlp[-1] != layout.config.dim:
+    raise ValueError(f"dlrm_dcn needs the bottom MLP to end in the embedding dim"
+                     f" {layout.config.dim}, got {config.bottom_mlp[-1]}")
+  if config.top_mlp[-1] != 1:
+    raise ValueError(f"the top MLP must end in 1 output, got {config.top_mlp[-1]}")
+  return dlrm_dcn.DLRMDCN(layout=layout, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
+                          cross_layers=config.cross_layers, cross_rank=config.cross_rank,
+                          dtype=config.dtype)
+
+
 # name -> (config, layout) -> Linen network with signature (dense, rows, *, train) -> logits.
 MODELS: dict[str, Callable[[ModelConfig, EmbeddingLayout], nn.Module]] = {
     "dlrm": _build_dlrm,
     "afm": _build_afm,
     "afm_classic": _build_afm_classic,
     "fm": _build_fm,
+    "deepfm": _build_deepfm,
+    "dcnv2": _build_dcnv2,
+    "dlrm_dcn": _build_dlrm_dcn,
 }
 
 # Models with first-order terms: their layouts need the width-1 "first_order" table.
-FIRST_ORDER_MODELS = frozenset({"afm", "afm_classic", "fm"})
+FIRST_ORDER_MODELS = frozenset({"afm", "afm_classic", "fm", "deepfm"})
 
 
 def embedding_config_for(config: ModelConfig, embedding: EmbeddingConfig) -> EmbeddingConfig:
