@@ -36,12 +36,14 @@ flags.DEFINE_string("real_data", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "..", "shared", "data", "criteo",
     "criteo_kaggle_train_first10k.tsv"), "Raw Criteo TSV for the 'real' dataset.")
 flags.DEFINE_integer("synthetic_rows", 50_000, "Rows of the synthetic dataset.")
-flags.DEFINE_integer("synthetic_max_vocab", 10_000, "Cap on synthetic table sizes.")
+flags.DEFINE_integer("synthetic_max_vocab", 1_000, "Cap on synthetic table sizes.")
 flags.DEFINE_integer("seeds", 3, "Training seeds per (dataset, model).")
 flags.DEFINE_integer("epochs", 1, "Passes over the training split.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
-flags.DEFINE_enum("optimizer", "adagrad", ["sgd", "adam", "adagrad"], "Dense optimizer.")
-flags.DEFINE_float("learning_rate", 0.05, "Learning rate (dense and tables).")
+flags.DEFINE_enum("optimizer", "adam", ["sgd", "adam", "adagrad"], "Dense optimizer.")
+flags.DEFINE_float("learning_rate", 0.001, "Dense learning rate.")
+flags.DEFINE_float("embedding_learning_rate", 0.05,
+                   "Table learning rate (row-wise Adagrad unless --optimizer=sgd).")
 flags.DEFINE_float("dropout", 0.5, "AFM/FM pairwise-layer dropout.")
 flags.DEFINE_integer("attention_factor", 16, "AFM attention network size.")
 flags.DEFINE_float("attention_l2", 0.0, "L2 weight on the AFM attention W.")
@@ -70,6 +72,7 @@ def _base_config(dataset: str):
                       attention_l2=FLAGS.attention_l2)
   return TrainConfig(model=model, embedding=EmbeddingConfig(dim=16), data=data,
                      optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+                     embedding_learning_rate=FLAGS.embedding_learning_rate,
                      batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, log_every=10**9)
 
 
@@ -156,6 +159,7 @@ def main(argv):
         f" | {_fmt([r['train_examples_per_sec'] for r in runs], 0)} |")
   first = next(iter(results.values()))[0]
   footer = (f"{FLAGS.seeds} seeds, mean ± sample std; {FLAGS.optimizer} lr {FLAGS.learning_rate},"
+            f" tables {base.resolved_embedding_optimizer} lr {FLAGS.embedding_learning_rate},"
             f" batch {FLAGS.batch_size}, {FLAGS.epochs} epoch(s), dropout {FLAGS.dropout},"
             f" attention factor {FLAGS.attention_factor}; {first['device']};"
             f" load average {load_start} at start, {_loadavg()} at end.")

@@ -131,3 +131,16 @@ def test_attention_l2_penalises_only_w_and_is_built_for_afm_models():
   assert float(reg(params)) == pytest.approx(2.4)
   assert build_regularizer(ModelConfig(name="afm")) is None
   assert build_regularizer(ModelConfig(name="dlrm", attention_l2=0.1)) is None
+
+
+def test_head_scaled_by_pairs_with_uniform_weights_is_the_classic_fm_sum():
+  v = _fields(shape=(2, 5, 3), seed=9)
+  mask = jnp.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0]], jnp.float32)
+  head = afm.AFMHead(attention=False)
+  params = head.init(jax.random.key(0), v, mask)["params"]
+  params = {"p": jnp.ones(3), "w0": jnp.zeros(())}
+  logits = head.apply({"params": params}, v, mask)
+  vn, m = np.asarray(v, np.float64), np.asarray(mask) > 0
+  expected = [sum(float(vn[b, i] @ vn[b, j]) for i, j in itertools.combinations(range(5), 2)
+                  if m[b, i] and m[b, j]) for b in range(2)]
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)

@@ -104,6 +104,15 @@ class AFMPooling(nn.Module):
     return jnp.einsum("bp,bpk->bk", weights, products.astype(jnp.float32))
 
 
+def present_pair_count(fields: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Number of pairs of present fields per example, [B] (F(F-1)/2 without a mask)."""
+  if mask is None:
+    f = fields.shape[1]
+    return jnp.full(fields.shape[:1], f * (f - 1) / 2, jnp.float32)
+  n = jnp.sum(mask.astype(jnp.float32), axis=1)
+  return 0.5 * n * (n - 1.0)
+
+
 class AFMHead(nn.Module):
   """Logit = pᵀ dropout(pooled pair products) + w0 (first-order terms are added by the model).
 
@@ -111,12 +120,17 @@ class AFMHead(nn.Module):
     attention_factor: hidden size t of the attention network.
     attention: learned (AFM) or uniform (FM) pair weights.
     dropout: dropout rate on the pooled pairwise layer (Xiao et al.: 0.5).
+    scale_by_pairs: multiply the pooled vector by the number of present
+      pairs P, i.e. use weights P·a_ij that average 1, so that uniform
+      attention is exactly the FM sum Σ_{i<j} v_i ⊙ v_j (not its mean) and the
+      pairwise term starts on the FM's scale rather than 1/P of it.
     dtype: compute dtype of the attention matmul.
   """
 
   attention_factor: int = 16
   attention: bool = True
   dropout: float = 0.0
+  scale_by_pairs: bool = True
   dtype: jnp.dtype | None = None
 
   @nn.compact
@@ -124,6 +138,8 @@ class AFMHead(nn.Module):
                train: bool = False) -> jax.Array:
     pooled = AFMPooling(self.attention_factor, self.attention, self.dtype, name="pooling")(
         fields, mask)
+    if self.scale_by_pairs:
+      pooled = pooled * present_pair_count(fields, mask)[:, None]
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
     p = self.param("p", _vector_init, (fields.shape[-1],))
     w0 = self.param("w0", nn.initializers.zeros, ())
