@@ -13,7 +13,7 @@ and writes it, with every run's metrics.json, under --output_dir. With
 --heatmaps the first seed's afm and afm_classic write their mean test-split
 attention heat-map; on synthetic data the script also reports how the
 teacher's interacting column pairs rank by learned attention.
-About 5 minutes on 2 CPU cores with the defaults.
+About 3.5 CPU-minutes (user time) with the defaults.
 """
 
 from __future__ import annotations
