@@ -270,10 +270,11 @@ def build_variant(model_name: str, rank_fraction: float, vocab_sizes, compute_dt
   if rank_fraction < 1.0:
     try:
       from jaxrec import factorize
-      params, _ = factorize.svd(variables["params"],
-                                factorize.FactorizeConfig(method="svd", rank_fraction=rank_fraction))
-    except (ImportError, AttributeError) as e:
-      return f"rank_fraction {rank_fraction}: jaxrec.factorize svd not available ({e})"
+      svd = factorize.TRANSFORMS["svd"]
+      params, _ = svd(variables["params"],
+                      factorize.FactorizeConfig(method="svd", rank_fraction=rank_fraction))
+    except (ImportError, AttributeError, KeyError) as e:
+      return f"rank_fraction {rank_fraction}: jaxrec.factorize svd not available ({e!r})"
     variables = {**variables, "params": params}
   return Variant(model_name, rank_fraction, model, variables)
 

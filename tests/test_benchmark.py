@@ -39,3 +39,13 @@ def test_synthetic_batches_are_deterministic_and_skewed():
   cat = a[0]["cat"]
   assert cat.shape == (4096, 2) and cat[:, 0].max() < 1000 and cat[:, 1].max() < 50
   assert (cat[:, 0] < 10).mean() > 0.3  # Zipf: the 1% most popular ids take a large share
+
+
+def test_rank_fraction_variant_is_svd_factorized():
+  variant = benchmark.build_variant("dlrm", 0.5, (50,) * 26, "float32", seed=0)
+  assert not isinstance(variant, str), variant
+  top0 = variant.variables["params"]["top"]["layers_0"]
+  assert set(top0) == {"u", "v", "bias"}  # 367x512 -> rank 106 < 0.5 * 367 * 512 / 879
+  assert top0["u"].shape == (367, 106) and top0["v"].shape == (106, 512)
+  assert "kernel" in variant.variables["params"]["top"]["layers_2"]  # 256x1: rank < 1, stays dense
+  assert "no_such" in benchmark.build_variant("no_such", 1.0, (50,) * 26, "float32", seed=0)
