@@ -80,6 +80,29 @@ def single_batch_accuracies(workdir: str, batch: int = STUDY_BATCH) -> np.ndarra
   return correct.mean(axis=1)
 
 
+def rank_sweep(records) -> list[dict[str, Any]]:
+  """Inference throughput per (method, rank fraction), dense as p = 1, mean over runs."""
+  points = collections.defaultdict(list)
+  for r in records:
+    m = r["metrics"]
+    config_path = os.path.join(r["workdir"], "config.json")
+    with open(config_path) as f:
+      factorize = json.load(f).get("factorize")
+    eps = m.get("inference_examples_per_sec", m["eval_examples_per_sec"])
+    if r["approach"] == "baseline":
+      for method in ("svd", "before"):
+        points[(r["dataset"], method, 1.0)].append(eps)
+    elif factorize and factorize["method"] in ("svd", "before") and r["approach"] != "afm_mf":
+      points[(r["dataset"], factorize["method"], factorize["rank_fraction"])].append(eps)
+  datasets = collections.Counter(d for d, _, _ in points)
+  if not datasets:
+    return []
+  dataset = max(datasets, key=datasets.get)  # the dataset with the sweep
+  return [{"dataset": d, "method": m, "rank_fraction": p,
+           "inference_examples_per_sec": float(np.mean(v))}
+          for (d, m, p), v in sorted(points.items()) if d == dataset]
+
+
 def _pareto(points):
   """Indices of points not dominated in (smaller size, larger quality)."""
   order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
@@ -159,6 +182,7 @@ def plot_throughput_vs_rank(sweep, path):
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
   ax.set_xlabel("rank fraction p (1.0 = dense)")
   ax.set_ylabel("inference examples/s (batch 8192)")
+  ax.set_title(f"{sweep[0]['dataset']}: DLRM dense layers factorized" if sweep else "")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
