@@ -1,0 +1,48 @@
+"""CI smoke test of experiments.reproduce --quick, plus its report helpers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from experiments import reproduce_report
+
+
+def test_pareto_front_keeps_only_undominated_points():
+  points = [(1.0, 0.70), (2.0, 0.69), (3.0, 0.75), (0.5, 0.60), (3.0, 0.74)]
+  assert sorted(reproduce_report._pareto(points)) == [0, 2, 3]
+
+
+def test_single_batch_accuracies_are_multiples_of_one_128th(tmp_path):
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "test_predictions.npz", prob=rng.random(300), label=rng.integers(0, 2, 300))
+  acc = reproduce_report.single_batch_accuracies(str(tmp_path))
+  assert acc.shape == (2,)  # 300 rows -> two full batches of 128
+  np.testing.assert_allclose(acc * 128, np.round(acc * 128))
+
+
+@pytest.mark.slow
+def test_quick_reproduce_writes_report_and_plots(tmp_path):
+  out = tmp_path / "repro"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.reproduce", f"--output_dir={out}", "--quick",
+       "--datasets=synthetic100k", "--approaches=baseline,mf_before"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = (out / "report.md").read_text()
+  assert "Baseline DLRM" in report and "MF approach 1" in report
+  assert "1/128" in report
+  for png in ("quality_vs_size.png", "logloss_vs_epoch.png"):
+    assert (out / png).stat().st_size > 10_000
+  results = json.loads((out / "results.json").read_text())
+  assert {r["approach"] for r in results["rows"]} == {"baseline", "mf_before"}
+  # Re-running reuses the finished runs instead of training again.
+  again = subprocess.run(
+      [sys.executable, "-m", "experiments.reproduce", f"--output_dir={out}", "--quick",
+       "--datasets=synthetic100k", "--approaches=baseline,mf_before"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and "running" not in again.stderr
