@@ -26,7 +26,7 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
 from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
-from jaxrec.train import factorize_phase, run_dir, sparse
+from jaxrec.train import factorize_phase, faults, run_dir, sparse
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.sharding import MeshConfig, place_batches
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
@@ -56,6 +56,9 @@ class TrainConfig:
       None: one device. Checkpoints restore on any mesh.
     factorize: low-rank factorization of the Dense layers (None: dense);
       "before" applies at init, the others after training (then fine-tune).
+    on_nonfinite: a non-finite loss or gradient "stop"s training (NonFiniteError
+      naming the step; the newest checkpoint is the last good one) or "skip"s
+      the batch and counts it (metrics.json: skipped_nonfinite_batches).
   """
 
   model: ModelConfig = ModelConfig()
@@ -75,6 +78,7 @@ class TrainConfig:
   seed: int = 0
   mesh: MeshConfig | None = None
   factorize: FactorizeConfig | None = None
+  on_nonfinite: str = "stop"
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -147,13 +151,28 @@ def _append_jsonl(path: str, record: dict) -> None:
 
 
 def _truncate_history(path: str, max_step: int) -> None:
-  """Drops history lines written after the checkpoint a run resumes from."""
+  """Drops history lines written after the checkpoint a run resumes from.
+
+  A line torn by a kill mid-write is dropped too (it is always the last one).
+  """
   if not os.path.exists(path) or not _writer():
     return
+  keep = []
   with open(path) as f:
-    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
-  with open(path, "w") as f:
-    f.writelines(keep)
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= max_step:
+          keep.append(line)
+      except (ValueError, KeyError, TypeError):
+        pass
+  _write_lines(path, keep)
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(lines)
+  os.replace(tmp, path)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -167,18 +186,31 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = False,
-                       on_end: Callable[[CTRModel, dict, Any], None] | None = None) -> dict:
+                       on_end: Callable[[CTRModel, dict, Any], None] | None = None,
+                       on_event: Callable[[str, int], None] | None = None) -> dict:
   """Trains, evaluates on the whole test split, writes reports; returns metrics.json's dict.
 
   `on_end(model, variables, splits)`, if given, runs on the final variables
-  (e.g. to write the attention heat-map).
+  (e.g. to write the attention heat-map). `on_event(kind, step)`, if given, is
+  called after each train step ("step"), in the middle of each validation
+  evaluation ("eval": predictions made, history not yet written) and after each
+  checkpoint ("save"); the fault-injection tests kill the process from it.
+
+  Raises:
+    ResumeError: `resume` with a run directory written by another config.
+    faults.NonFiniteError: a non-finite loss with `config.on_nonfinite == "stop"`.
   """
+  on_event = on_event or (lambda kind, step: None)
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")
   history_path = os.path.join(workdir, "history.jsonl")
   if resume and os.path.exists(config_path):
-    with open(config_path) as f:
-      check_resume_compatible(json.load(f), config)
+    try:
+      with open(config_path) as f:
+        saved = json.load(f)
+    except ValueError as e:
+      raise ResumeError(f"cannot resume: {config_path} is not valid JSON ({e})") from None
+    check_resume_compatible(saved, config)
 
   splits, vocabulary = load_splits_and_vocabulary(config.data)
   train_positive_rate = splits.train.positive_rate
@@ -204,6 +236,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                                  regularizer=regularizer)
     predict = make_predict(model)
   else:  # several devices; see jaxrec.train.sharded_step
+    if config.on_nonfinite == "skip":
+      raise ValueError("on_nonfinite='skip' needs the single-device step (it skips on device)")
     from jaxrec.train.sharded_step import ShardedTraining
     sharded = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
                                        batch_size=config.batch_size, regularizer=regularizer)
@@ -214,9 +248,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   step = 0
+  monitor = faults.NonFiniteMonitor(config.on_nonfinite)
   if resume and checkpointer.latest_step() is not None:
     state, meta = checkpointer.restore(state, resizable_rows=resizable)
     step = int(meta["step"])
+    monitor.skipped = int(meta.get("skipped_nonfinite_batches", 0))
     _truncate_history(history_path, step)
     logging.info("resumed from step %d", step)
   elif os.path.exists(history_path) and _writer():
@@ -235,6 +271,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     result = evaluate(predict, state.params, state.tables, dataset, eval_batch_size,
                       train_positive_rate, batch_sharding)
     del result["probs"]
+    on_event("eval", step)
     record = {"step": step, "epoch": step / steps_per_epoch, "split": split_name, **result}
     _append_jsonl(history_path, record)
     logging.info("step %d %s: auc %.4f logloss %.4f (constant %.4f) accuracy %.4f",
@@ -243,7 +280,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     return result
 
   def save():
-    checkpointer.save(step, state, {"step": step})
+    checkpointer.save(step, state, {"step": step, "skipped_nonfinite_batches": monitor.skipped})
+    on_event("save", step)
+
+  def check_finite():  # a host sync: only where the loop syncs anyway
+    try:
+      monitor.check(checkpointer.latest_step(), checkpointer.directory)
+    except faults.NonFiniteError:
+      checkpointer.close()
+      raise
 
   train_seconds, timed_examples, compile_seconds = 0.0, 0, 0.0
   running, window_start, window_steps = None, time.perf_counter(), 0
@@ -262,12 +307,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         tic = time.perf_counter()
       else:
         timed_examples += config.batch_size
-      running = step_metrics if running is None else jax.tree_util.tree_map(
-          lambda a, b: a + b, running, step_metrics)  # on device, no sync
+      monitor.update(step_metrics, step + 1)
+      loss_sums = {k: step_metrics[k] for k in ("loss_sum", "weight_sum")}
+      running = loss_sums if running is None else jax.tree_util.tree_map(
+          lambda a, b: a + b, running, loss_sums)  # on device, no sync
       step += 1
       window_steps += 1
+      on_event("step", step)
       end_of_epoch = step % steps_per_epoch == 0
       if step % config.log_every == 0 or step == total_steps:
+        check_finite()
         loss = float(running["loss_sum"] / max(float(running["weight_sum"]), 1.0))
         now = time.perf_counter()
         rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
@@ -282,6 +331,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       if do_eval or do_save:
         jax.block_until_ready(state.step)
         train_seconds += time.perf_counter() - tic
+        check_finite()
         if do_eval:
           run_eval(splits.validation, "validation")
         if do_save:
@@ -291,6 +341,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         break
     jax.block_until_ready(state.step)
     train_seconds += time.perf_counter() - tic
+  check_finite()
   checkpointer.close()
 
   factorize_report = {}
@@ -323,6 +374,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       "num_eval_examples": len(splits.test),
       "eval_split": "test",
       "steps": step,
+      "skipped_nonfinite_batches": monitor.skipped,
       "epochs": config.epochs,
       "param_count": param_count({**variables, "tables": tables}),
       "param_bytes": param_bytes({**variables, "tables": tables}),

@@ -4,7 +4,9 @@ One step: gather the batch's embedding rows, differentiate the masked
 binary cross-entropy with respect to the network params *and the gathered
 rows*, update params with optax and the touched table rows with a sparse
 optimizer. Everything is on device; the step returns loss sums as arrays
-(no host sync) and is jitted once per batch shape with the state donated.
+(no host sync) and is jitted once per batch shape with the state donated. A
+batch whose loss or gradients are not finite changes nothing but the step
+counter and is flagged in the returned metrics (see `jaxrec.train.faults`).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: CTRMode
                dense_tx: optax.GradientTransformation, table_opt: sparse.SparseOptimizer,
                dropout_key: jax.Array, regularizer: Regularizer | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step; returns the new state and {loss_sum, weight_sum}.
+  """One step; returns the new state and {loss_sum, weight_sum, nonfinite, nonfinite_step}.
 
   `regularizer(params)` is added to the mean loss (e.g. AFM's L2 on the
   attention kernel).
@@ -75,10 +77,33 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: CTRMode
       loss_fn, argnums=(0, 1), has_aux=True)(state.params, rows)
   updates, opt_state = dense_tx.update(param_grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A non-finite loss, gradient or new param skips the whole update, on device (no host
+  # sync): dense leaves keep their old values and the sparse update goes to out-of-range
+  # rows, which scatters drop, so tables and their optimizer state stay bit-identical.
+  finite = all_finite((loss_sum, param_grads, row_grads, params))
+  params, opt_state = jax.tree_util.tree_map(
+      lambda new, old: jnp.where(finite, new, old), (params, opt_state),
+      (state.params, state.opt_state))
+  ids = {k: jnp.where(finite, v, state.tables[k].shape[0]) for k, v in ids.items()}
+  row_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0), row_grads)
   tables, table_opt_state = table_opt.update(state.tables, state.table_opt_state, ids, row_grads)
   new_state = state.replace(step=state.step + 1, params=params, tables=tables,
                             opt_state=opt_state, table_opt_state=table_opt_state)
-  return new_state, {"loss_sum": loss_sum, "weight_sum": jnp.sum(batch["mask"])}
+  weight_sum = jnp.sum(batch["mask"])
+  return new_state, {
+      "loss_sum": jnp.where(finite, loss_sum, 0.0),
+      "weight_sum": jnp.where(finite, weight_sum, 0.0),
+      "nonfinite": (~finite).astype(jnp.int32),  # 1 when this batch was skipped
+      # 1-based number of this step if skipped, else int32 max (min-reduced by the loop).
+      "nonfinite_step": jnp.where(finite, jnp.iinfo(jnp.int32).max, state.step + 1),
+  }
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True iff every floating-point leaf of `tree` is finite (a scalar bool array)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def make_train_step(model: CTRModel, dense_tx: optax.GradientTransformation,
