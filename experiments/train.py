@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import sys
 
@@ -96,6 +97,9 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of proce
                     " (calls jax.distributed.initialize; every process runs the same command).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
+flags.DEFINE_enum("on_nonfinite", "stop", ["stop", "skip"],
+                  "A NaN/Inf loss or gradient: stop naming the step (the last good checkpoint is"
+                  " kept), or skip the batch and count it (metrics.json: skipped_nonfinite_batches).")
 
 
 class FlagError(ValueError):
@@ -168,8 +172,9 @@ def config_from_flags():
                "max_rows_per_table"):
     if getattr(FLAGS, name) < 0:
       raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 0")
-  if FLAGS.learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
-    raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0")
+  if not (math.isfinite(FLAGS.learning_rate) and math.isfinite(FLAGS.embedding_learning_rate)) \
+      or FLAGS.learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
+    raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0 (finite)")
   split_mode, split_values = "random", list(FLAGS.split)
   if split_values and split_values[0].startswith("random:"):
     split_values[0] = split_values[0][len("random:"):]
@@ -183,7 +188,7 @@ def config_from_flags():
     split = tuple(float(s) for s in split_values)
   except ValueError:
     raise FlagError(f"--split={','.join(FLAGS.split)}: expected three fractions") from None
-  if len(split) != 3 or any(s < 0 for s in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
+  if len(split) != 3 or not all(map(math.isfinite, split)) or any(s < 0 for s in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
     raise FlagError(f"--split={','.join(FLAGS.split)}: need three non-negative fractions"
                     " summing to 1 with a non-empty train split")
   bottom = parse_layers("bottom_mlp", FLAGS.bottom_mlp)
@@ -215,6 +220,9 @@ def config_from_flags():
   if FLAGS.resume and not FLAGS.output_dir:
     raise FlagError("--resume needs --output_dir (the run to continue)")
   mesh = parse_mesh(FLAGS.mesh, FLAGS.batch_size)
+  if FLAGS.interaction_itself and FLAGS.interaction != "dot":
+    raise FlagError("--interaction_itself only applies to --interaction=dot")
+  check_output_dir(FLAGS.output_dir, FLAGS.resume)
 
   factorize = factorize_from_flags()
   if factorize is not None and mesh is not None:
@@ -238,7 +246,8 @@ def config_from_flags():
       embedding_learning_rate=FLAGS.embedding_learning_rate or None,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
-      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, factorize=factorize, mesh=mesh)
+      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, factorize=factorize, mesh=mesh,
+      on_nonfinite=FLAGS.on_nonfinite)
 
 
 def factorize_from_flags():
@@ -270,6 +279,29 @@ def factorize_from_flags():
                          finetune_epochs=FLAGS.finetune_epochs,
                          auto_tolerance=FLAGS.auto_tolerance, auto_energy=FLAGS.auto_energy,
                          nmf_iterations=FLAGS.nmf_iterations, seed=FLAGS.seed)
+
+
+def check_output_dir(output_dir: str | None, resume: bool) -> None:
+  """A run directory must be new, or resumed: never silently mixed with an old run."""
+  if not output_dir or not os.path.exists(output_dir):
+    return
+  if not os.path.isdir(output_dir):
+    raise FlagError(f"--output_dir={output_dir}: exists and is not a directory")
+  checkpoints = os.path.join(output_dir, "checkpoints")
+  steps = [d for d in os.listdir(checkpoints) if d.isdigit()] if os.path.isdir(checkpoints) else []
+  if steps and not resume:
+    raise FlagError(f"--output_dir={output_dir} already holds a run (checkpoint at step"
+                    f" {max(map(int, steps))}); pass --resume to continue it or choose a new"
+                    " --output_dir")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag is one line on stderr and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def summary(metrics: dict, output_dir: str) -> str:
@@ -324,7 +356,9 @@ def main(argv):
     sys.exit(2)
   output_dir = FLAGS.output_dir or os.path.join(
       "runs", f"{FLAGS.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+  from experiments.debug_hooks import kill_hook_from_env
   from jaxrec.data.criteo import CriteoFormatError
+  from jaxrec.train.faults import NonFiniteError
   from jaxrec.train.loop import ResumeError, train_and_evaluate
   from jaxrec.train.sharding import MeshError
   on_end = None
@@ -334,13 +368,17 @@ def main(argv):
         model, variables, splits.test, output_dir, config.eval_batch_size)
   try:
     with _maybe_profile(FLAGS.profile_dir):
-      metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end)
+      metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end,
+                                   on_event=kill_hook_from_env())
   except (CriteoFormatError, ResumeError, MeshError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except NonFiniteError as e:  # not a usage error: exit code 1
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   print(summary(metrics, output_dir))
 
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -44,6 +44,8 @@ def _expected(lines: list[bytes]):
     body = line[:-1] if line.endswith(b"\n") else line
     if body.endswith(b"\r"):
       body = body[:-1]
+    if b"\r" in body:  # a CR inside a line is a line-level error
+      return (number, None)
     fields = body.split(b"\t")
     if len(fields) != 40:
       return (number, None)
@@ -205,26 +207,6 @@ def test_rows_parse_exactly_or_name_line_and_field(tmp_path, fault):
   assert (target in outcomes) if target != "any error" else (set(outcomes) - {"ok"}), outcomes
 
 
-def test_line_longer_than_the_arrow_block_parses_exactly(tmp_path, monkeypatch):
-  """A valid line that pyarrow cannot take in one block falls back to the Python parser."""
-  original = criteo._read_options
-  monkeypatch.setattr(criteo, "_read_options", lambda block_size: original(4096))
-  good = [b"1"] + [b"7"] * 13 + [b"0000000a"] * 26
-  long_row = list(good)
-  long_row[5] = b"0" * 10_000 + b"3"  # 10k leading zeros
-  lines = [b"\t".join(good) + b"\n", b"\t".join(long_row) + b"\n", b"\t".join(good) + b"\n"]
-  path = tmp_path / "long.tsv"
-  path.write_bytes(b"".join(lines))
-  raw = criteo.read_raw(str(path))
-  assert raw.dense[1, 4] == 3.0 and raw.dense[0, 4] == 7.0 and len(raw) == 3
-  bad = list(long_row)
-  bad[20] = b"g" * 9000
-  path.write_bytes(lines[0] + b"\t".join(bad) + b"\n")
-  with pytest.raises(criteo.CriteoFormatError) as err:
-    criteo.read_raw(str(path))
-  assert (err.value.line, err.value.field) == (2, "C7")
-
-
 @pytest.mark.parametrize("value, expected", [
     (b"9223372036854775807", float(INT64_MAX)),
     (b"-9223372036854775808", float(INT64_MIN)),
@@ -240,7 +222,7 @@ def test_integer_edges_parse_exactly(tmp_path, value, expected):
 
 
 @pytest.mark.parametrize("value, message", [
-    (b"9223372036854775808", "int64 range"),
+    (b"9223372036854775808", "64-bit range"),
     (b"0x10", "not an integer"),
     (b" 5", "not an integer"),
     (b"+5", "not an integer"),

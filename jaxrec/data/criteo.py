@@ -112,7 +112,7 @@ def _read_options(block_size: int) -> tuple:
                            block_size=block_size)
   parse = pacsv.ParseOptions(delimiter="\t", quote_char=False,
                              escape_char=False, ignore_empty_lines=False)
-  types = {"label": pa.int64()}
+  types = {"label": pa.string()}  # checked as text: pyarrow reads "01" and "-0" as ints
   types.update({n: pa.int64() for n in DENSE_NAMES})
   types.update({n: pa.string() for n in SPARSE_NAMES})
   convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
@@ -200,7 +200,10 @@ def _field_error(name: str, value: bytes) -> str | None:
     if value:
       if not _INT_RE.match(value):
         return f"not an integer: {value[:40]!r}"
-      if abs(int(value)) > _INT64_MAX:
+      # Magnitude from the significant digits: int() of a long text hits Python's
+      # 4300-digit limit; -2**63 is in range.
+      digits = value.lstrip(b"-").lstrip(b"0")
+      if len(digits) > 19 or int(digits or b"0") > _INT64_MAX + value.startswith(b"-"):
         return f"integer out of the 64-bit range: {value[:40]!r}"
   elif value:
     if len(value) != 8 or value.translate(None, _HEX_CHARS):
@@ -343,11 +346,9 @@ def iter_raw_blocks(path: str, block_rows: int = 1 << 18, *, on_bad_row: str = "
 def _to_block(table: pa.Table, first_line: int, pool=None) -> RawBlock | None:
   """Numpy arrays of a parsed table, or None if a label or categorical is invalid."""
   label_col = table.column("label")
-  if label_col.null_count:
+  if not pc.all(pc.is_in(label_col, value_set=pa.array(["0", "1"]))).as_py():
     return None
-  label = label_col.to_numpy(zero_copy_only=False)
-  if np.any((label != 0) & (label != 1)):
-    return None
+  label = pc.equal(label_col, "1").to_numpy(zero_copy_only=False)
   dense = np.empty((table.num_rows, NUM_DENSE), dtype=np.float64)
   for j, name in enumerate(DENSE_NAMES):
     dense[:, j] = table.column(name).to_numpy(zero_copy_only=False)  # null -> nan
