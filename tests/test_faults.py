@@ -128,3 +128,11 @@ def test_skip_counts_the_batches_and_survives_resume(tmp_path, poisoned_data):
   assert resumed["logloss"] == full["logloss"] and resumed["auc"] == full["auc"]
   with open(os.path.join(part, "metrics.json")) as f:
     assert json.load(f)["skipped_nonfinite_batches"] == 2
+
+
+def test_resume_drops_history_lines_after_the_checkpoint_and_a_torn_last_line(tmp_path):
+  path = tmp_path / "history.jsonl"
+  records = [{"step": s, "auc": 0.5} for s in (7, 14, 21)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 28, "au')  # killed
+  loop._truncate_history(str(path), 20)
+  assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [7, 14]
