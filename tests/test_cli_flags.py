@@ -1,4 +1,4 @@
-"""Every bad flag or combination: one line on stderr, exit code 2, no traceback.
+"""Bad flags and combinations: one line on stderr, exit code 2, no traceback.
 
 The cases run in one subprocess that calls `experiments.train.main` the way
 ``python -m experiments.train`` does (flags parsed by `parse_flags`), so the
@@ -66,6 +66,10 @@ def test_bad_flags_exit_2_with_one_line(tmp_path):
       ([f"--output_dir={a_file}"], "not a directory"),
       ([f"--output_dir={run}", "--resume"], "cannot resume: the checkpoint was written with a"
                                             " different model"),
+      (["--rank_fraction=1.5"], "--rank_fraction=1.5: must be in"),
+      (["--rank_fraction=-0.25"], "--rank_fraction=-0.25: must be in"),
+      (["--rank_fraction=nan"], "--rank_fraction=nan: must be in"),
+      (["--finetune_epochs=2"], "--finetune_epochs needs --factorize"),
       (["--on_nonfinite=maybe"], "on_nonfinite"),
       (["--batch_size=abc"], "batch_size"),
       (["--no_such_flag=1"], "no_such_flag"),
