@@ -19,7 +19,6 @@ device. Tables are padded with zero rows to a multiple of M
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Iterable, Iterator
 
@@ -187,7 +186,3 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
   if batch_size % mesh.devices.size:
     raise MeshError(f"{what}={batch_size} must be a multiple of the {mesh.devices.size} mesh"
                     f" devices (data x model)")
-
-
-def round_up_batch(batch_size: int, mesh: Mesh) -> int:
-  return math.ceil(batch_size / mesh.devices.size) * mesh.devices.size
