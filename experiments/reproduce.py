@@ -34,6 +34,9 @@ flags.DEFINE_integer("seeds", 3, "Seeds per cell (full grid).")
 flags.DEFINE_list("datasets", ["criteo10k", "synthetic100k", "synthetic500k"],
                   "Datasets to run (criteo10k is skipped when the sample is absent).")
 flags.DEFINE_list("approaches", [], "Subset of approaches (default: all).")
+flags.DEFINE_bool("report_only", False,
+                  "Train nothing: write the report from the runs already finished in"
+                  " --output_dir (a partial grid is labelled as such).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITEO_SAMPLE = os.environ.get(
@@ -156,6 +159,9 @@ def main(argv):
   records = []
   start = time.time()
   for i, (dataset, approach, seed) in enumerate(cells):
+    if FLAGS.report_only and not os.path.exists(
+        os.path.join(FLAGS.output_dir, "runs", dataset, approach, f"seed{seed}", "metrics.json")):
+      continue
     config = override(base, **datasets[dataset], **all_approaches[approach][1],
                       epochs=sched.epochs[dataset], seed=seed)
     records.append(run_cell(FLAGS.output_dir, dataset, approach, seed, config))
@@ -165,7 +171,9 @@ def main(argv):
   from experiments import reproduce_report
   sweep = reproduce_report.rank_sweep(records)
   reproduce_report.write_report(FLAGS.output_dir, records, all_approaches, sched.epochs,
-                                time.time() - start, quick=FLAGS.quick, sweep=sweep)
+                                None if FLAGS.report_only else time.time() - start,
+                                quick=FLAGS.quick, sweep=sweep,
+                                planned_runs=len(cells))
   print(f"wrote {os.path.join(FLAGS.output_dir, 'report.md')}")
 
 

@@ -190,8 +190,8 @@ def plot_throughput_vs_rank(sweep, path):
   plt.close(fig)
 
 
-def write_report(out_dir: str, records, approaches, epochs, seconds: float, *, quick: bool,
-                 sweep=None) -> None:
+def write_report(out_dir: str, records, approaches, epochs, seconds: float | None, *, quick: bool,
+                 sweep=None, planned_runs: int | None = None) -> None:
   labels = {k: v[0] for k, v in approaches.items()}
   rows = summary_rows(records)
   plot_pareto(rows, labels, os.path.join(out_dir, "quality_vs_size.png"))
@@ -200,8 +200,14 @@ def write_report(out_dir: str, records, approaches, epochs, seconds: float, *, q
     plot_throughput_vs_rank(sweep, os.path.join(out_dir, "throughput_vs_rank.png"))
 
   lines = ["# jaxrec reproduction of the study's experiments", ""]
+  timing = (f"{len(records)} runs in {seconds / 60:.1f} min." if seconds is not None
+            else f"report rebuilt (--report_only) from {len(records)} finished runs.")
   lines.append(f"Command: `python -m experiments.reproduce --output_dir={out_dir}"
-               f"{' --quick' if quick else ''}` — {len(records)} runs in {seconds / 60:.1f} min.")
+               f"{' --quick' if quick else ''}` — {timing}")
+  if planned_runs is not None and len(records) < planned_runs:
+    lines += ["", f"**Partial grid: {len(records)} of {planned_runs} planned runs finished.**"
+              " Cells below cover only the finished runs; re-running the command trains the rest"
+              " (finished runs are reused)."]
   lines.append("")
   lines.append("All metrics are on the **whole test split** of each dataset (random 80/10/10"
                " train/validation/test split, seed 0); mean ± sample std over model seeds "
