@@ -19,6 +19,8 @@ import sys
 
 from absl import app, flags, logging
 
+from experiments import embedding_flags  # defines --embedding, --hash_buckets, --qr_*, --md_*
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model", "dlrm", "Model name (see jaxrec.models.MODELS).")
@@ -152,7 +154,6 @@ def init_distributed() -> None:
 def config_from_flags():
   """Validated flags -> TrainConfig. Raises FlagError with a one-line message."""
   from jaxrec.data.sources import DataConfig
-  from jaxrec.layers.embeddings import EmbeddingConfig
   from jaxrec.models.registry import MODELS, ModelConfig, embedding_config_for
   from jaxrec.train.loop import TrainConfig
 
@@ -239,7 +240,11 @@ def config_from_flags():
                       dropout=FLAGS.dropout, attention_l2=FLAGS.attention_l2,
                       cross_layers=FLAGS.cross_layers, cross_rank=FLAGS.cross_rank or None,
                       dcn_structure=FLAGS.dcn_structure, deep_mlp=deep)
-  embedding = embedding_config_for(model, EmbeddingConfig(dim=FLAGS.embedding_dim))
+  try:
+    embedding = embedding_config_for(
+        model, embedding_flags.embedding_config_from_flags(FLAGS.embedding_dim))
+  except ValueError as e:
+    raise FlagError(str(e)) from None
   return TrainConfig(
       model=model, embedding=embedding, data=data, optimizer=FLAGS.optimizer,
       learning_rate=FLAGS.learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,

@@ -378,8 +378,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       "epochs": config.epochs,
       "param_count": param_count({**variables, "tables": tables}),
       "param_bytes": param_bytes({**variables, "tables": tables}),
-      "embedding_param_count": param_count(tables),
-      "dense_param_count": param_count(state.params),
+      # tables plus any embedding-owned dense params (mixed_dim projections)
+      "embedding_param_count": model.layout.param_count(),
+      "dense_param_count": param_count({**variables, "tables": tables}) - model.layout.param_count(),
       "train_seconds": train_seconds + compile_seconds,
       "compile_seconds": compile_seconds,
       "train_examples_per_sec": timed_examples / max(train_seconds, 1e-9),
