@@ -15,7 +15,7 @@ mult / add / concat, mixed_dim — on each dataset:
   sizes more than of accuracy (most categories are never seen).
 
 hash gets the bucket count whose tables hold as many rows as qr c = 4 (equal
-memory; `experiments.model_size.equal_memory_hash_buckets`). Metrics are on the
+memory; `jaxrec.models.size.comparison_configs`). Metrics are on the
 whole test split. Finished runs under DIR/runs/ are reused. Writes
 DIR/embedding_table.md and DIR/results.json; prints the table.
 """
@@ -105,7 +105,7 @@ def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
-  from experiments.model_size import comparison_configs
+  from jaxrec.models.size import comparison_configs
   from jaxrec.layers.embeddings import EmbeddingConfig
   from jaxrec.train.loop import TrainConfig
 

@@ -194,7 +194,7 @@ def test_every_kind_trains_with_first_order_rows(kind):
 
 
 def test_model_size_counts_kaggle_and_terabyte_from_shapes():
-  from experiments import model_size
+  from jaxrec.models import size as model_size
   from jaxrec.models.ctr_model import param_count
   size = model_size.model_size(ModelConfig(), EmbeddingConfig(dim=16), KAGGLE_CARDINALITIES)
   # 33,762,577 rows x 16 plus DLRM's MLPs (13-512-256-64-16, 367-512-256-1)
