@@ -109,8 +109,9 @@ def main(argv):
   from jaxrec.layers.embeddings import EmbeddingConfig
   from jaxrec.train.loop import TrainConfig
 
+  # No checkpoints: orbax needs several times a 2.2 GB full Kaggle table in memory to save it.
   base = TrainConfig(batch_size=128, log_every=10_000, eval_batch_size=8192,
-                     embedding=EmbeddingConfig(dim=16))
+                     embedding=EmbeddingConfig(dim=16), checkpoint_every=-1)
   records = []
   for name, (data, epochs) in dataset_configs().items():
     sizes = vocab_sizes(data)

@@ -51,6 +51,7 @@ class TrainConfig:
     eval_every: evaluate on validation every N steps (0: each epoch end).
     log_every: fetch and log the running loss every N steps.
     checkpoint_every: save every N steps (0: each epoch end); the end is always saved.
+      -1: never save (benchmark runs; such a run cannot be resumed).
     seed: init, data order and dropout seed.
     mesh: train on a (data, model) device mesh (`jaxrec.train.sharded_step`);
       None: one device. Checkpoints restore on any mesh.
@@ -326,8 +327,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         running, window_start, window_steps = None, now, 0
       last = step == total_steps
       do_eval = last or (step % config.eval_every == 0 if config.eval_every else end_of_epoch)
-      do_save = last or (step % config.checkpoint_every == 0 if config.checkpoint_every
-                         else end_of_epoch)
+      do_save = config.checkpoint_every >= 0 and (
+          last or (step % config.checkpoint_every == 0 if config.checkpoint_every
+                   else end_of_epoch))
       if do_eval or do_save:
         jax.block_until_ready(state.step)
         train_seconds += time.perf_counter() - tic
