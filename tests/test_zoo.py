@@ -171,8 +171,10 @@ def _embedding(kind):
   if kind not in embeddings.EMBEDDING_KINDS:
     pytest.skip(f"embedding kind {kind!r} is not registered yet")
   fields = {f.name for f in dataclasses.fields(EmbeddingConfig)}
-  extra = {"hash_buckets": 3} if kind in ("hash", "qr") and "hash_buckets" in fields else {}
-  return EmbeddingConfig(kind=kind, dim=4, **extra)
+  # Thresholds of 1 so the 5-row tables are really compressed / narrowed.
+  extra = {"hash": {"hash_buckets": 3}, "qr": {"qr_collisions": 2, "qr_threshold": 1},
+           "mixed_dim": {"md_threshold": 1, "md_temperature": 0.3}}.get(kind, {})
+  return EmbeddingConfig(kind=kind, dim=4, **{k: v for k, v in extra.items() if k in fields})
 
 
 def _rank_rule(m, n, fraction):
