@@ -48,8 +48,12 @@ flags.DEFINE_integer("epochs", 1, "Passes over the training split.")
 flags.DEFINE_integer("max_steps", 0, "Stop after this many steps (0 = all epochs).")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("eval_batch_size", 8192, "Evaluation batch size.")
-flags.DEFINE_float("learning_rate", 0.1, "Learning rate of the dense parameters.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "adagrad"], "Dense-parameter optimizer.")
+flags.DEFINE_float("learning_rate", None,
+                   "Learning rate of the dense parameters (default: 0.1 for sgd, 0.001 for"
+                   " adam, 0.01 for adagrad).")
+flags.DEFINE_enum("optimizer", None, ["sgd", "adam", "adagrad"],
+                  "Dense-parameter optimizer (default: the model's — sgd for the DLRM family"
+                  " as in the reference, adam for deepfm and dcnv2 as in their papers).")
 flags.DEFINE_enum("embedding_optimizer", "auto", ["auto", "sgd", "rowwise_adagrad"],
                   "Sparse table optimizer; auto = sgd with --optimizer=sgd, else rowwise_adagrad.")
 flags.DEFINE_float("embedding_learning_rate", 0.0,
@@ -154,7 +158,8 @@ def init_distributed() -> None:
 def config_from_flags():
   """Validated flags -> TrainConfig. Raises FlagError with a one-line message."""
   from jaxrec.data.sources import DataConfig
-  from jaxrec.models.registry import MODELS, ModelConfig, embedding_config_for
+  from jaxrec.models.registry import (DEFAULT_LEARNING_RATE, MODELS, ModelConfig,
+                                      default_optimizer, embedding_config_for)
   from jaxrec.train.loop import TrainConfig
 
   if FLAGS.model not in MODELS:
@@ -173,8 +178,13 @@ def config_from_flags():
                "max_rows_per_table"):
     if getattr(FLAGS, name) < 0:
       raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 0")
-  if not (math.isfinite(FLAGS.learning_rate) and math.isfinite(FLAGS.embedding_learning_rate)) \
-      or FLAGS.learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
+  optimizer, learning_rate = default_optimizer(FLAGS.model)
+  if FLAGS.optimizer is not None:
+    optimizer, learning_rate = FLAGS.optimizer, DEFAULT_LEARNING_RATE[FLAGS.optimizer]
+  if FLAGS.learning_rate is not None:
+    learning_rate = FLAGS.learning_rate
+  if not (math.isfinite(learning_rate) and math.isfinite(FLAGS.embedding_learning_rate)) \
+      or learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
     raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0 (finite)")
   split_mode, split_values = "random", list(FLAGS.split)
   if split_values and split_values[0].startswith("random:"):
@@ -246,8 +256,8 @@ def config_from_flags():
   except ValueError as e:
     raise FlagError(str(e)) from None
   return TrainConfig(
-      model=model, embedding=embedding, data=data, optimizer=FLAGS.optimizer,
-      learning_rate=FLAGS.learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
+      model=model, embedding=embedding, data=data, optimizer=optimizer,
+      learning_rate=learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
       embedding_learning_rate=FLAGS.embedding_learning_rate or None,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,

@@ -144,6 +144,18 @@ MODELS: dict[str, Callable[[ModelConfig, EmbeddingLayout], nn.Module]] = {
 # Models with first-order terms: their layouts need the width-1 "first_order" table.
 FIRST_ORDER_MODELS = frozenset({"afm", "afm_classic", "fm", "deepfm"})
 
+# Dense-parameter optimizer each model trains with when none is asked for: plain SGD for
+# the DLRM family (the reference's), Adam for DeepFM and DCN-V2 as in their papers (their
+# unnormalised FM sum and multiplicative cross layers diverge under SGD at lr 0.1).
+DEFAULT_OPTIMIZER = {"deepfm": "adam", "dcnv2": "adam"}
+DEFAULT_LEARNING_RATE = {"sgd": 0.1, "adam": 1e-3, "adagrad": 0.01}
+
+
+def default_optimizer(model_name: str) -> tuple[str, float]:
+  """(optimizer, learning rate) a model trains with by default."""
+  name = DEFAULT_OPTIMIZER.get(model_name, "sgd")
+  return name, DEFAULT_LEARNING_RATE[name]
+
 
 def embedding_config_for(config: ModelConfig, embedding: EmbeddingConfig) -> EmbeddingConfig:
   """`embedding` with the tables model `config` needs (first-order scalars for AFM/FM)."""
