@@ -313,6 +313,17 @@ def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str 
     jax.block_until_ready((s.step, metrics))
     holder["state"] = s
 
+  timing = _time_steps(run_steps, config, record_dir)
+  # The state lives on in `holder` so the caller can reuse the updated tables.
+  if not config.mesh:  # (sharded tables are padded: inference re-shards the variant's own)
+    variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
+  return {**timing, "flops_per_example": flops}
+
+
+def _time_steps(run_steps, config: BenchConfig, record_dir: str | None) -> dict:
+  """Compile time (first call), calibrated timed windows and an optional profile of run_steps(n)."""
+  import jax
+  from jaxrec.train import profiling
   with profiling.count_compiles() as compiles:
     tic = time.perf_counter()
     run_steps(1)
@@ -322,11 +333,8 @@ def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str 
   if record_dir:
     with jax.profiler.trace(record_dir, create_perfetto_trace=True):
       run_steps(3)
-  # The state lives on in `holder` so the caller can reuse the updated tables.
-  if not config.mesh:  # (sharded tables are padded: inference re-shards the variant's own)
-    variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
-  return {"compile_seconds": compile_seconds, "compiles": compiles.count,
-          "flops_per_example": flops, "steps": steps, "windows": windows}
+  return {"compile_seconds": compile_seconds, "compiles": compiles.count, "steps": steps,
+          "windows": windows}
 
 
 def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: str | None) -> dict:
@@ -353,17 +361,7 @@ def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: 
                     batches[i % len(batches)]["cat"]) for i in range(n)]
     jax.block_until_ready(outs)
 
-  with profiling.count_compiles() as compiles:
-    tic = time.perf_counter()
-    run_steps(1)
-    compile_seconds = time.perf_counter() - tic
-    steps = _calibrate(run_steps, config.min_seconds)
-    windows = _time_windows(run_steps, steps, config.repeats)
-  if record_dir:
-    with jax.profiler.trace(record_dir, create_perfetto_trace=True):
-      run_steps(3)
-  return {"compile_seconds": compile_seconds, "compiles": compiles.count,
-          "flops_per_example": flops, "steps": steps, "windows": windows}
+  return {**_time_steps(run_steps, config, record_dir), "flops_per_example": flops}
 
 
 # ----------------------------------------------------------------------------- driver
