@@ -184,6 +184,29 @@ def test_bad_rows_error_or_counted_skip(tmp_path, bad, field, message):
   assert kept == [0, 1, 2, 4, 5]
 
 
+def test_bad_rows_across_parallel_blocks_keep_file_order(tmp_path):
+  # Blocks of ~4 lines are parsed concurrently; errors and skips still follow the file.
+  bad_lines = [7, 50, 51, 190]  # 1-based
+  lines = [_row(0, i, i) for i in range(200)]
+  for n in bad_lines:
+    lines[n - 1] = GOOD.replace("68fd1e64", "zzzzzzzz")
+  path = tmp_path / "many.tsv"
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(criteo.CriteoFormatError) as err:
+    _run(tmp_path, [str(path)], name="err", block_rows=4)
+  assert (err.value.line, err.value.field) == (7, "C1")
+  meta, splits = _run(tmp_path, [str(path)], name="skip", on_bad_row="skip", split="kaggle",
+                      min_frequency=1, block_rows=4)
+  assert meta["bad_rows"]["count"] == 4
+  assert [e.split(", field")[0] for e in meta["bad_rows"]["examples"]] == [
+      f"{path}, line {n}" for n in bad_lines]
+  good = [i for i in range(200) if i + 1 not in bad_lines]
+  # kaggle split of 200 lines: train = lines 0..171, test 172..185, validation 186..199.
+  assert _ids(splits.train) == [i for i in good if i < 172]
+  assert _ids(splits.test) == [i for i in good if 172 <= i < 186]
+  assert _ids(splits.validation) == [i for i in good if i >= 186]
+
+
 def test_empty_truncated_and_directory_inputs(tmp_path):
   empty = tmp_path / "empty.tsv"
   empty.write_text("")

@@ -79,6 +79,11 @@ class BadRowLog:
     if len(self.examples) < self.max_examples:
       self.examples.append(str(error))
 
+  def merge(self, other: "BadRowLog") -> None:
+    """Appends `other`'s count and examples (the log of the rows that follow)."""
+    self.count += other.count
+    self.examples.extend(other.examples[:max(0, self.max_examples - len(self.examples))])
+
 
 @dataclasses.dataclass(frozen=True)
 class RawBlock:

@@ -32,6 +32,7 @@ Splits are assigned to *lines*, so skipped bad lines leave their slot empty.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -268,9 +269,50 @@ def _temp_paths(tmp: str, i: int) -> dict[str, str]:
           ("label", "dense", "keys", "missing", "lines", "json")}
 
 
+def _encode_block(path: str, first_line: int, buf: bytes, on_bad_row: str) -> dict | None:
+  """Pass-1 work of one text block (runs on a worker thread): parsed, transformed arrays.
+
+  Returns None when every line was skipped; raises `CriteoFormatError` for a bad
+  line under ``on_bad_row="error"``. Skipped lines go to the block's own log,
+  merged in file order by the caller.
+  """
+  bad = criteo.BadRowLog()
+  block = criteo.parse_block(path, first_line, buf, on_bad_row, bad)
+  if block is None:
+    return {"bad": bad, "rows": 0}
+  keys = block.cat_keys
+  return {
+      "bad": bad, "rows": len(block),
+      "lines": block.line_numbers() if block.lines is not None else None,
+      "label": block.label.astype(np.int8),
+      "dense": criteo.transform_dense(block.dense),
+      "keys": keys.astype(np.uint32),
+      "missing": np.packbits(keys == criteo.MISSING_KEY, axis=1, bitorder="little"),
+  }
+
+
+def _ordered_map(pool, fn, items, depth: int):
+  """`fn(*item)` for each item on `pool`, at most `depth` in flight, results in order."""
+  pending: collections.deque = collections.deque()
+  try:
+    for item in items:
+      pending.append(pool.submit(fn, *item))
+      if len(pending) >= depth:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    for future in pending:
+      future.cancel()
+
+
 def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool,
                 report) -> dict:
-  """Pass 1 for one input: parsed rows to temporary arrays; returns its record."""
+  """Pass 1 for one input: parsed rows to temporary arrays; returns its record.
+
+  Whole text blocks are parsed in parallel on `pool` (most of the work releases
+  the GIL) and written in file order, so errors name the first bad line.
+  """
   paths = _temp_paths(tmp, i)
   identity = _identity(path)
   if os.path.exists(paths["json"]):
@@ -287,24 +329,24 @@ def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool,
   rows = lines = 0
   try:
     text_blocks = _background(criteo.iter_text_blocks(path, config.block_rows * 256, checksum))
-    for first_line, buf in text_blocks:
-      lines = first_line - 1 + buf.count(b"\n")
-      block = criteo.parse_block(path, first_line, buf, config.on_bad_row, bad, pool=pool)
-      if block is None:
+    jobs = ((path, first_line, buf, config.on_bad_row) for first_line, buf in text_blocks)
+    for part in _ordered_map(pool, _encode_block, jobs, depth=pool._max_workers + 1):
+      lines += part["bad"].count + part["rows"]
+      bad.merge(part["bad"])
+      if not part["rows"]:
         continue
-      if block.lines is not None and lines_file is None:
+      if part["lines"] is not None and lines_file is None:
         lines_file = open(paths["lines"], "wb")
         lines_file.write(np.arange(1, rows + 1, dtype=np.int64).tobytes())
       if lines_file is not None:
-        lines_file.write(block.line_numbers().astype(np.int64).tobytes())
-      keys = block.cat_keys
-      files["label"].write(block.label.astype(np.int8).tobytes())
-      files["dense"].write(criteo.transform_dense(block.dense).tobytes())
-      files["keys"].write(keys.astype(np.uint32).tobytes())
-      files["missing"].write(np.packbits(keys == criteo.MISSING_KEY, axis=1,
-                                         bitorder="little").tobytes())
-      rows += len(block)
-      progress.add(len(block))
+        block_lines = part["lines"]
+        if block_lines is None:
+          block_lines = np.arange(lines - part["rows"] + 1, lines + 1, dtype=np.int64)
+        lines_file.write(block_lines.astype(np.int64).tobytes())
+      for name in files:
+        files[name].write(part[name].tobytes())
+      rows += part["rows"]
+      progress.add(part["rows"])
   finally:
     for f in files.values():
       f.close()
@@ -433,7 +475,7 @@ def preprocess(config: PreprocessConfig,
       rows = np.zeros(3, np.int64)
       positives = np.zeros(3, np.int64)
       progress = _Progress("count", sum(r["rows"] for r in records), report)
-      for part in chunks():
+      for part in _background(chunks()):
         rows += np.bincount(part["split"], minlength=3)
         positives += np.bincount(part["split"], weights=part["label"], minlength=3).astype(np.int64)
         train_keys = part["keys"][part["split"] == 0]
@@ -465,13 +507,14 @@ def preprocess(config: PreprocessConfig,
         files[split, name] = f
     progress = _Progress("encode", sum(sizes["rows"]), report)
     try:
-      for part in chunks():
+      for part in _background(chunks()):
+        ids = vocab.encode(part["keys"], pool)  # whole chunk: one lookup table per column
         for s, split in enumerate(SPLITS):
           sel = part["split"] == s
           if not sel.any():
             continue
           files[split, "dense"].write(part["dense"][sel].astype(dense_dtype).tobytes())
-          files[split, "cat"].write(vocab.encode(part["keys"][sel], pool).tobytes())
+          files[split, "cat"].write(ids[sel].tobytes())
           files[split, "label"].write(part["label"][sel].astype(np.float32).tobytes())
         progress.add(len(part["label"]))
     finally:
