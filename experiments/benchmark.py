@@ -369,11 +369,14 @@ def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: 
 def run(config: BenchConfig, log=print) -> list[dict]:
   """Runs the suite; returns the records (also written to output_dir/benchmark.json)."""
   import jax
+  from jaxrec import allocator
   from jaxrec.data.synthetic import KAGGLE_CARDINALITIES
 
   os.makedirs(config.output_dir, exist_ok=True)
   device = device_name()
-  log(f"device {device}; jax {jax.__version__}; loadavg {_loadavg()}")
+  memory_allocator = allocator.current_allocator()
+  log(f"device {device}; jax {jax.__version__}; allocator {memory_allocator};"
+      f" loadavg {_loadavg()}")
   peak = matmul_peak()
   log(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
   placement, num_devices = None, 1
@@ -425,6 +428,7 @@ def run(config: BenchConfig, log=print) -> list[dict]:
                                           for w in result["windows"]],
               "rss_peak_is_per_record": reset, "loadavg": _loadavg(),
               "mesh": config.mesh or None, "num_devices": num_devices,
+              "allocator": memory_allocator,
           }
           records.append(record)
           log(format_row(record))

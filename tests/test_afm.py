@@ -144,3 +144,29 @@ def test_head_scaled_by_pairs_with_uniform_weights_is_the_classic_fm_sum():
   expected = [sum(float(vn[b, i] @ vn[b, j]) for i, j in itertools.combinations(range(5), 2)
                   if m[b, i] and m[b, j]) for b in range(2)]
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def _loop_pair_products(v):
+  v = np.asarray(v, np.float64)
+  return np.stack([v[:, i] * v[:, j] for i, j in itertools.combinations(range(v.shape[1]), 2)], 1)
+
+
+def test_pair_products_and_weighted_sum_custom_vjps_match_the_loop_definition():
+  v = _fields((4, 7, 3), seed=3)
+  weights = jax.nn.softmax(_fields((4, 21), seed=4).reshape(4, 21), axis=-1)
+  products = _loop_pair_products(v)
+  np.testing.assert_allclose(afm.pair_products(v), products, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(afm.weighted_pair_sum(weights, v),
+                             np.einsum("bp,bpk->bk", weights, products), rtol=1e-5, atol=1e-6)
+  # Gradients against autodiff of the plain gather formulation (no custom VJP).
+  i, j = afm.upper_pairs(7)
+  plain_products = lambda f: f[:, i] * f[:, j]
+  cotangent = _fields((4, 21, 3), seed=5)
+  (got,) = jax.vjp(afm.pair_products, v)[1](cotangent)
+  (want,) = jax.vjp(plain_products, v)[1](cotangent)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  g = _fields((4, 3), seed=6)
+  got = jax.vjp(afm.weighted_pair_sum, weights, v)[1](g)
+  want = jax.vjp(lambda a, f: jnp.einsum("bp,bpk->bk", a, plain_products(f)), weights, v)[1](g)
+  for x, y in zip(got, want):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
