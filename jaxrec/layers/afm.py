@@ -84,6 +84,11 @@ def _pair_products_bwd(fields, d_products):
     term = (d_products[:, column[:, j], :] * fields[:, j:j + 1, :]
             * off_diagonal[:, j, None].astype(d_products.dtype))
     d_fields = term if d_fields is None else d_fields + term
+  # A product with the identity materialises the sum once: XLA:CPU drops
+  # optimization_barrier and would otherwise recompute this fusion in every
+  # consumer of the row gradients (the sparse update and the finiteness check).
+  identity = jnp.eye(d_fields.shape[-1], dtype=d_fields.dtype)
+  d_fields = jnp.einsum("bfk,kl->bfl", d_fields, identity)
   return (d_fields.astype(fields.dtype),)
 
 
