@@ -154,7 +154,8 @@ def main(argv):
     cells += [(SWEEP_DATASET, a, s) for a in RANK_SWEEP for s in sched.seeds]
   print(f"reproduce: {len(cells)} runs ({len(datasets)} datasets x {len(approaches)} approaches"
         f" x {len(sched.seeds)} seeds); expected duration "
-        f"{'3-5 minutes' if FLAGS.quick else 'about 40-60 minutes'} on 2 CPU cores", flush=True)
+        f"{'about 2 minutes' if FLAGS.quick else 'about 16-25 minutes'} on 2 idle CPU cores"
+        " (measured 1.8 and 16.0 min; slower when other jobs share them)", flush=True)
   base = base_config()
   records = []
   start = time.time()
