@@ -98,3 +98,26 @@ def test_cli_rejects_bad_flags_in_one_line(flag, message):
   assert proc.returncode == 2
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_keeps_a_prime_row_table_in_whole_chunks(tmp_path, monkeypatch):
+  # Orbax cuts arrays above its OCDBT file-size target (2 GiB) into chunks that divide
+  # the shape; a prime row count (Criteo Kaggle's table: 33,762,577 rows) then gives
+  # 1-row chunks and runs out of memory. Shrink the target to see it on a small table.
+  from etils import epath
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+  from orbax.checkpoint._src.serialization import tensorstore_utils
+  if not hasattr(tensorstore_utils, "_DEFAULT_OCDBT_TARGET_DATA_FILE_SIZE"):
+    pytest.skip("this orbax has no OCDBT target-size default to shrink")
+  monkeypatch.setattr(tensorstore_utils, "_DEFAULT_OCDBT_TARGET_DATA_FILE_SIZE", 1 << 16)
+  table = jnp.arange(10007 * 4, dtype=jnp.float32).reshape(10007, 4)  # 160 KB, prime rows
+  checkpointer = Checkpointer(str(tmp_path / "ckpt"))
+  checkpointer.save(1, {"tables": {"embedding": table}}, {"step": 1})
+  checkpointer.close()
+  metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(tmp_path / "ckpt" / "1" / "state"))
+  (leaf,) = jax.tree_util.tree_leaves(metadata.tree)
+  assert tuple(leaf.storage.chunk_shape) == (10007, 4)
+  restored, meta = checkpointer.restore({"tables": {"embedding": jnp.zeros_like(table)}})
+  np.testing.assert_array_equal(restored["tables"]["embedding"], table)
+  assert meta == {"step": 1}
