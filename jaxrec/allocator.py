@@ -87,7 +87,7 @@ def reexec_with_fast_allocator() -> None:
 
 
 def current_allocator(environ: Mapping[str, str] = os.environ) -> str:
-  """"tcmalloc", "jemalloc", "glibc+hugetlb" or "glibc": what this process runs with."""
+  """The allocator this process runs with: tcmalloc, jemalloc, mimalloc, glibc+hugetlb or glibc."""
   preload = environ.get("LD_PRELOAD", "")
   for name in _FAST_ALLOCATORS:
     if name in preload:

@@ -269,12 +269,12 @@ def _temp_paths(tmp: str, i: int) -> dict[str, str]:
           ("label", "dense", "keys", "missing", "lines", "json")}
 
 
-def _encode_block(path: str, first_line: int, buf: bytes, on_bad_row: str) -> dict | None:
+def _encode_block(path: str, first_line: int, buf: bytes, on_bad_row: str) -> dict:
   """Pass-1 work of one text block (runs on a worker thread): parsed, transformed arrays.
 
-  Returns None when every line was skipped; raises `CriteoFormatError` for a bad
-  line under ``on_bad_row="error"``. Skipped lines go to the block's own log,
-  merged in file order by the caller.
+  ``rows`` is 0 (and no arrays) when every line was skipped; raises
+  `CriteoFormatError` for a bad line under ``on_bad_row="error"``. Skipped lines
+  go to the block's own log, merged in file order by the caller.
   """
   bad = criteo.BadRowLog()
   block = criteo.parse_block(path, first_line, buf, on_bad_row, bad)
@@ -306,7 +306,7 @@ def _ordered_map(pool, fn, items, depth: int):
       future.cancel()
 
 
-def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool,
+def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool, workers: int,
                 report) -> dict:
   """Pass 1 for one input: parsed rows to temporary arrays; returns its record.
 
@@ -330,7 +330,7 @@ def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool,
   try:
     text_blocks = _background(criteo.iter_text_blocks(path, config.block_rows * 256, checksum))
     jobs = ((path, first_line, buf, config.on_bad_row) for first_line, buf in text_blocks)
-    for part in _ordered_map(pool, _encode_block, jobs, depth=pool._max_workers + 1):
+    for part in _ordered_map(pool, _encode_block, jobs, depth=workers + 1):
       lines += part["bad"].count + part["rows"]
       bad.merge(part["bad"])
       if not part["rows"]:
@@ -450,7 +450,8 @@ def preprocess(config: PreprocessConfig,
   workers = min(4, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     # Pass 1: parse.
-    records = [_parse_file(i, p, tmp, config, pool, report) for i, p in enumerate(inputs)]
+    records = [_parse_file(i, p, tmp, config, pool, workers, report)
+               for i, p in enumerate(inputs)]
     assigner = SplitAssigner(config.split, [r["lines"] for r in records], config.seed)
     line_offsets = np.cumsum([0] + [r["lines"] for r in records])
     buckets = None if config.max_rows_per_table is None else config.max_rows_per_table - 1
