@@ -1,6 +1,8 @@
 """Shared fixtures: paths to the real Criteo samples (tests skip when absent)."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +12,12 @@ SHARED_DATA = os.environ.get("JAXREC_SHARED_DATA",
                              os.path.join(os.path.dirname(REPO), "shared", "data"))
 CRITEO_KAGGLE_10K = os.path.join(SHARED_DATA, "criteo", "criteo_kaggle_train_first10k.tsv")
 CRITEO_1TB_1K = os.path.join(SHARED_DATA, "criteo", "criteo_1tb_day0_first1k.tsv")
+
+
+def run_train_cli(*args: str) -> subprocess.CompletedProcess:
+  """`python -m experiments.train ARGS` from the repository root; output captured."""
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture

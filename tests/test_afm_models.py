@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,7 @@ from jaxrec.models import CTRModel, ModelConfig
 from jaxrec.models.attention_map import mean_attention
 from jaxrec.train.loop import TrainConfig, train_and_evaluate
 
-from conftest import REPO
+from conftest import run_train_cli as _run_cli
 
 VOCAB = (5,) * 26
 
@@ -115,11 +113,6 @@ def test_attention_l2_is_wired_into_training(tmp_path):
   config = json.load(open(tmp_path / "l2" / "config.json"))
   assert config["embedding"]["first_order"] is False  # library users get it from the model
   assert config["model"]["attention_l2"] == 0.5
-
-
-def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

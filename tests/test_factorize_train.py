@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.registry import ModelConfig
 from jaxrec.train.loop import ResumeError, TrainConfig, train_and_evaluate
 
-from conftest import REPO
+from conftest import run_train_cli as _run_cli
 
 TINY = TrainConfig(
     model=ModelConfig(bottom_mlp=(16, 8), top_mlp=(16, 1)),
@@ -71,11 +69,6 @@ def test_before_trains_factors_and_resumes(tmp_path):
     train_and_evaluate(other, part, resume=True)
   with pytest.raises(ResumeError, match="factorize"):
     train_and_evaluate(dataclasses.replace(config, factorize=None), part, resume=True)
-
-
-def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

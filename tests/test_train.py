@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,7 +12,7 @@ from jaxrec.models.registry import ModelConfig
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.loop import ResumeError, TrainConfig, train_and_evaluate
 
-from conftest import REPO
+from conftest import run_train_cli
 
 SMALL = TrainConfig(
     model=ModelConfig(bottom_mlp=(16, 8), top_mlp=(16, 1)),
@@ -51,8 +49,7 @@ def test_resume_refuses_other_model_config(tmp_path):
 
 
 def _run_cli(*args, check=True):
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = run_train_cli(*args)
   if check and proc.returncode != 0:
     raise AssertionError(proc.stderr[-3000:])
   return proc

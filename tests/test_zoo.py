@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +16,7 @@ from jaxrec.models import CTRModel, ModelConfig
 from jaxrec.models.deepfm import fm_pair_sum
 from jaxrec.train.loop import TrainConfig, train_and_evaluate
 
-from conftest import REPO
+from conftest import run_train_cli as _run_cli
 
 VOCAB = (5,) * 26
 ZOO = ("deepfm", "dcnv2", "dlrm_dcn")
@@ -249,11 +247,6 @@ def test_training_smoke_run(tmp_path, name):
   assert metrics["logloss"] < metrics["baseline_logloss"] + 0.05
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["model"]["cross_layers"] == 2 and saved["model"]["deep_mlp"] == [8, 5]
-
-
-def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -52,12 +52,19 @@ class ModelConfig:
     return None if self.compute_dtype == "float32" else jnp.dtype(self.compute_dtype)
 
 
-def _build_dlrm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
-  if config.interaction == "dot" and config.bottom_mlp[-1] != layout.config.dim:
-    raise ValueError(f"dlrm with dot interaction needs the bottom MLP to end in the"
-                     f" embedding dim {layout.config.dim}, got {config.bottom_mlp[-1]}")
+def _check_bottom_top(config: ModelConfig, layout: EmbeddingLayout, what: str,
+                      bottom_to_dim: bool = True) -> None:
+  """DLRM-style MLPs: the bottom ends in the embedding dim (when `bottom_to_dim`), the top in 1."""
+  if bottom_to_dim and config.bottom_mlp[-1] != layout.config.dim:
+    raise ValueError(f"{what} needs the bottom MLP to end in the embedding dim"
+                     f" {layout.config.dim}, got {config.bottom_mlp[-1]}")
   if config.top_mlp[-1] != 1:
     raise ValueError(f"the top MLP must end in 1 output, got {config.top_mlp[-1]}")
+
+
+def _build_dlrm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  _check_bottom_top(config, layout, "dlrm with dot interaction",
+                    bottom_to_dim=config.interaction == "dot")
   return dlrm.DLRM(layout=layout, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
                    interaction=config.interaction, self_interaction=config.self_interaction,
                    dtype=config.dtype)
@@ -120,11 +127,7 @@ def _build_dcnv2(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
 
 def _build_dlrm_dcn(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
   _check_cross(config)
-  if config.bottom_mlp[-1] != layout.config.dim:
-    raise ValueError(f"dlrm_dcn needs the bottom MLP to end in the embedding dim"
-                     f" {layout.config.dim}, got {config.bottom_mlp[-1]}")
-  if config.top_mlp[-1] != 1:
-    raise ValueError(f"the top MLP must end in 1 output, got {config.top_mlp[-1]}")
+  _check_bottom_top(config, layout, "dlrm_dcn")
   return dlrm_dcn.DLRMDCN(layout=layout, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
                           cross_layers=config.cross_layers, cross_rank=config.cross_rank,
                           dtype=config.dtype)
