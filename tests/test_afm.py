@@ -170,3 +170,51 @@ def test_pair_products_and_weighted_sum_custom_vjps_match_the_loop_definition():
   want = jax.vjp(lambda a, f: jnp.einsum("bp,bpk->bk", a, plain_products(f)), weights, v)[1](g)
   for x, y in zip(got, want):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _plain_scores(products, kernel, bias, h):
+  return jax.nn.relu(products @ kernel + bias) @ h
+
+
+def test_attention_scores_vjp_matches_autodiff_of_the_plain_network():
+  rng = np.random.default_rng(11)
+  # Rows, kernel and bias drawn so that both ReLU branches occur.
+  products = jnp.asarray(rng.normal(size=(40, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=3), jnp.float32)
+  h = jnp.asarray(rng.normal(size=3), jnp.float32)
+  args = (products, kernel, bias, h)
+  np.testing.assert_allclose(afm.attention_scores(*args), _plain_scores(*args),
+                             rtol=1e-5, atol=1e-5)
+  d_scores = jnp.asarray(rng.normal(size=40), jnp.float32)
+  got = jax.vjp(afm.attention_scores, *args)[1](d_scores)
+  want = jax.vjp(_plain_scores, *args)[1](d_scores)
+  for name, g, w in zip(("products", "kernel", "bias", "h"), got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+  active = np.asarray(products @ kernel + bias) > 0
+  assert 0.2 < active.mean() < 0.8  # the test exercises both branches
+
+
+def test_pooling_in_slices_equals_the_whole_batch_with_mask_and_gradients():
+  v = _fields(shape=(37, 6, 4), seed=12)
+  mask = jnp.asarray(np.random.default_rng(13).random((37, 6)) > 0.3, jnp.float32)
+  whole = afm.AFMPooling(attention_factor=5, chunk_size=None)
+  sliced = afm.AFMPooling(attention_factor=5, chunk_size=8)  # 5 uneven slices
+  assert [b - a for a, b in afm.batch_chunks(37, 8)] == [7, 8, 7, 8, 7]
+  params = whole.init(jax.random.key(0), v, mask)
+  params = jax.tree.map(lambda x: x * 3.0, params)  # sharper attention
+  np.testing.assert_allclose(sliced.apply(params, v, mask), whole.apply(params, v, mask),
+                             rtol=1e-5, atol=1e-6)
+  g = jnp.asarray(np.random.default_rng(14).normal(size=(37, 4)), jnp.float32)
+
+  def grads(module):
+    return jax.grad(lambda p, x: jnp.sum(module.apply(p, x, mask) * g), argnums=(0, 1))(
+        params, v)
+
+  for got, want in zip(jax.tree.leaves(grads(sliced)), jax.tree.leaves(grads(whole))):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # Slicing leaves the sown attention weights in batch order.
+  _, state = sliced.apply(params, v, mask, mutable=["intermediates"])
+  _, whole_state = whole.apply(params, v, mask, mutable=["intermediates"])
+  np.testing.assert_allclose(jax.tree.leaves(state)[0], jax.tree.leaves(whole_state)[0],
+                             rtol=1e-5, atol=1e-7)

@@ -57,3 +57,17 @@ def test_train_step_compiles_once_per_batch_shape():
     state, _ = step(state, batches[3])
     jax.block_until_ready(state)
   assert compiles.count == 1
+
+
+def test_cpu_shaped_ops_compute_their_value_and_count_as_the_matmul_they_stand_for():
+  from jaxrec.layers import fusion
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(12, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+  np.testing.assert_allclose(fusion.unrolled_matmul(x, w), x @ w, rtol=1e-5, atol=1e-6)
+  odd = jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)  # 21 elements: width 1
+  np.testing.assert_array_equal(fusion.materialized(odd), odd)
+  np.testing.assert_array_equal(fusion.materialized(x), x)
+  assert profiling.matmul_flops(fusion.unrolled_matmul, x, w) == 2 * 12 * 5 * 3
+  assert profiling.matmul_flops(fusion.materialized, x) == 0
+  assert profiling.matmul_flops(lambda a, b: fusion.materialized(a @ b), x, w) == 2 * 12 * 5 * 3

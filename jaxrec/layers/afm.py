@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxrec.layers.mlp import Dense
+from jaxrec.layers.fusion import materialized, unrolled_matmul
+from jaxrec.layers.mlp import Dense, effective_kernel
 
 
 def upper_pairs(num_fields: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,15 +85,56 @@ def _pair_products_bwd(fields, d_products):
     term = (d_products[:, column[:, j], :] * fields[:, j:j + 1, :]
             * off_diagonal[:, j, None].astype(d_products.dtype))
     d_fields = term if d_fields is None else d_fields + term
-  # A product with the identity materialises the sum once: XLA:CPU drops
-  # optimization_barrier and would otherwise recompute this fusion in every
-  # consumer of the row gradients (the sparse update and the finiteness check).
-  identity = jnp.eye(d_fields.shape[-1], dtype=d_fields.dtype)
-  d_fields = jnp.einsum("bfk,kl->bfl", d_fields, identity)
+  # Computed once: XLA would otherwise recompute this fusion in every consumer
+  # of the row gradients (the sparse update and the finiteness check).
+  d_fields = materialized(d_fields)
   return (d_fields.astype(fields.dtype),)
 
 
 pair_products.defvjp(_pair_products_fwd, _pair_products_bwd)
+
+
+@jax.custom_vjp
+def attention_scores(products: jax.Array, kernel: jax.Array, bias: jax.Array,
+                     h: jax.Array) -> jax.Array:
+  """The attention network's scores hᵀ ReLU(Wᵀ x + b) for rows x: [N, k] -> [N] (float32).
+
+  The VJP is hand-written so that the [N, t] hidden layer is touched by only
+  two backward passes. With E = ds ⊗ 1[Wᵀx + b > 0] (so dHidden = E diag(h))
+  and the Gram matrix G = Xᵀ E, e = Σ_n E_n:
+
+      dW = G diag(h),   db = e ⊙ h,   dX = E (W diag(h))ᵀ,
+      dh_t = Σ_n E_nt (Wᵀ x_n + b)_t = Σ_k W_kt G_kt + b_t e_t,
+
+  so dh costs no pass over the hidden layer, and no hidden activation is stored.
+  """
+  return _attention_scores_fwd(products, kernel, bias, h)[0]
+
+
+def _attention_scores_fwd(products, kernel, bias, h):
+  hidden = jnp.maximum(unrolled_matmul(products, kernel.astype(products.dtype))
+                       .astype(jnp.float32) + bias, 0.0)
+  # A matrix-vector product, not a reduction: XLA:CPU hands reductions to a
+  # library fusion that would materialise every operand of the ReLU.
+  return hidden @ h, (products, kernel, bias, h, hidden)
+
+
+def _attention_scores_bwd(residuals, d_scores):
+  products, kernel, bias, h, hidden = residuals
+  d_scores = materialized(d_scores)
+  e_rows = jnp.where(hidden > 0, d_scores[:, None], 0.0)  # [N, t]
+  gram = jnp.matmul(products.T, e_rows.astype(products.dtype),
+                    preferred_element_type=jnp.float32)  # [k, t]
+  e_sum = jnp.sum(e_rows, axis=0)  # [t]
+  d_kernel = gram * h
+  d_bias = e_sum * h
+  d_h = jnp.sum(kernel * gram, axis=0) + bias * e_sum
+  d_products = e_rows.astype(products.dtype) @ (kernel * h).T.astype(products.dtype)
+  return (d_products, d_kernel.astype(kernel.dtype), d_bias.astype(bias.dtype),
+          d_h.astype(h.dtype))
+
+
+attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
 
 
 def _weight_matrix(weights: jax.Array, num_fields: int, symmetric: bool = False) -> jax.Array:
@@ -162,37 +204,70 @@ def _vector_init(key: jax.Array, shape: tuple[int], dtype=jnp.float32) -> jax.Ar
   return jax.random.normal(key, shape, dtype) / jnp.sqrt(shape[0]).astype(dtype)
 
 
+def batch_chunks(batch: int, chunk_size: int) -> list[tuple[int, int]]:
+  """(start, stop) of ceil(batch / chunk_size) near-equal, contiguous slices of a batch."""
+  count = max(1, -(-batch // max(chunk_size, 1)))
+  bounds = np.linspace(0, batch, count + 1).round().astype(int)
+  return [(int(a), int(z)) for a, z in zip(bounds[:-1], bounds[1:])]
+
+
+def attention_pool(fields: jax.Array, kernel: jax.Array, bias: jax.Array, h: jax.Array,
+                   pair_mask: jax.Array | None = None, dtype: jnp.dtype | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+  """AFM pooling of [B, F, k] fields with attention W = `kernel`, b = `bias`, h.
+
+  Returns the pooled vectors [B, k] and the attention weights [B, P].
+  """
+  products = pair_products(fields)  # [B, P, k]
+  b, p, k = products.shape
+  # One 2-D op over all (example, pair) rows.
+  scores = attention_scores(products.reshape(b * p, k).astype(dtype or products.dtype),
+                            kernel, bias, h).reshape(b, p)
+  weights = masked_softmax(scores, pair_mask)
+  return weighted_pair_sum(weights, fields.astype(jnp.float32)), weights
+
+
 class AFMPooling(nn.Module):
   """Attention-pooled pair products [B, F, k] -> [B, k].
+
+  The batch is pooled in independent slices of `chunk_size` examples, written
+  out as separate ops: each slice's [chunk · P, k] pair tensors stay in cache,
+  and XLA runs the slices concurrently (on 2 CPU cores, 8 slices of a 2048
+  batch run the layer's forward and backward 1.5x faster than one).
 
   Attributes:
     attention_factor: hidden size t of the attention network.
     attention: learn the weights (AFM); False = uniform weights (FM).
     dtype: compute dtype of the attention matmul.
+    chunk_size: examples per slice (None = the whole batch at once).
   """
 
   attention_factor: int = 16
   attention: bool = True
   dtype: jnp.dtype | None = None
+  chunk_size: int | None = 256
 
   @nn.compact
   def __call__(self, fields: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     if not self.attention:
       return fm_pooled(fields, mask)
-    products = pair_products(fields)  # [B, P, k]
-    b, p, k = products.shape
-    # One 2-D matmul over all (example, pair) rows: XLA:CPU runs it ~2x faster than [B, P, k] @ W.
-    hidden = nn.relu(Dense(self.attention_factor, dtype=self.dtype, name="attention")(
-        products.reshape(b * p, k)))
+    attention = Dense(self.attention_factor, dtype=self.dtype, name="attention").weights(
+        fields.shape[-1])
     h = self.param("h", _vector_init, (self.attention_factor,))
-    scores = (hidden.astype(jnp.float32) @ h).reshape(b, p)
+    kernel = effective_kernel(attention)
     pair_mask = None
     if mask is not None:
       i, j = upper_pairs(fields.shape[1])
       pair_mask = mask[:, i] * mask[:, j]
-    weights = masked_softmax(scores, pair_mask)
-    self.sow("intermediates", "attention_weights", weights)
-    return weighted_pair_sum(weights, fields.astype(jnp.float32))
+    pooled, weights = [], []
+    for start, stop in batch_chunks(fields.shape[0], self.chunk_size or fields.shape[0]):
+      chunk_pooled, chunk_weights = attention_pool(
+          fields[start:stop], kernel, attention["bias"], h,
+          None if pair_mask is None else pair_mask[start:stop], self.dtype)
+      pooled.append(chunk_pooled)
+      weights.append(chunk_weights)
+    self.sow("intermediates", "attention_weights", jnp.concatenate(weights))
+    return jnp.concatenate(pooled)
 
 
 def present_pair_count(fields: jax.Array, mask: jax.Array | None = None) -> jax.Array:

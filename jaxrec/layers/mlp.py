@@ -8,7 +8,7 @@ a `jaxrec.factorize` transform; `rank` only chooses the structure at init.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,27 +54,45 @@ class Dense(nn.Module):
   bias_init: nn.initializers.Initializer = dlrm_bias_init
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    m = x.shape[-1]
+  def weights(self, in_features: int) -> dict[str, jax.Array]:
+    """This layer's float32 parameters for input size `in_features`: ``kernel`` or
+    ``u`` and ``v``, plus ``bias`` when used (creating them at init)."""
+    m = in_features
     factorized = (self.has_variable("params", "u") if not self.is_initializing()
                   else self.rank is not None)
-    dtype = self.dtype or x.dtype
-    x = x.astype(dtype)
+    found = {}
     if factorized:
       rank = self.rank
       if not self.is_initializing():
         rank = self.get_variable("params", "u").shape[1]
       std = factor_std(m, self.features, rank)
-      u = self.param("u", lambda k, s: jax.random.normal(k, s) * std, (m, rank))
-      v = self.param("v", lambda k, s: jax.random.normal(k, s) * std, (rank, self.features))
-      y = (x @ u.astype(dtype)) @ v.astype(dtype)
+      found["u"] = self.param("u", lambda k, s: jax.random.normal(k, s) * std, (m, rank))
+      found["v"] = self.param("v", lambda k, s: jax.random.normal(k, s) * std,
+                              (rank, self.features))
     else:
-      kernel = self.param("kernel", self.kernel_init, (m, self.features))
-      y = x @ kernel.astype(dtype)
+      found["kernel"] = self.param("kernel", self.kernel_init, (m, self.features))
     if self.use_bias:
-      bias = self.param("bias", self.bias_init, (self.features,))
-      y = y + bias.astype(dtype)
+      found["bias"] = self.param("bias", self.bias_init, (self.features,))
+    return found
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    weights = self.weights(x.shape[-1])
+    dtype = self.dtype or x.dtype
+    x = x.astype(dtype)
+    if "u" in weights:  # (x u) v: cheaper than forming u v when r < m n / (m + n)
+      y = (x @ weights["u"].astype(dtype)) @ weights["v"].astype(dtype)
+    else:
+      y = x @ weights["kernel"].astype(dtype)
+    if "bias" in weights:
+      y = y + weights["bias"].astype(dtype)
     return y
+
+
+def effective_kernel(weights: Mapping[str, jax.Array]) -> jax.Array:
+  """The [m, n] kernel of a `Dense` parameter dict: ``kernel``, or ``u @ v`` when factorized."""
+  if "kernel" in weights:
+    return weights["kernel"]
+  return weights["u"] @ weights["v"]
 
 
 class MLP(nn.Module):

@@ -5,7 +5,8 @@
 * `matmul_flops(fn, *args)`: 2·M·N·K summed over every ``dot_general`` in the
   jaxpr of ``fn(*args)`` (sub-jaxprs included). For a train step this counts
   the forward and backward matmuls actually traced; elementwise work is not
-  counted, as in the usual "model FLOPs" figures.
+  counted, as in the usual "model FLOPs" figures. The CPU-shaped ops of
+  `jaxrec.layers.fusion` count as the matmuls they stand for (or none).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Callable, Iterator
 
 import jax
 from jax.extend import core as jex_core
+
+from jaxrec.layers import fusion
 
 # Recorded by JAX once per XLA compilation (not on cache hits).
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -63,6 +66,11 @@ def _jaxpr_flops(jaxpr) -> int:
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
       total += _dot_flops(eqn)
+    rule = (fusion.MATMUL_FLOPS.get(eqn.params.get("name"))
+            if eqn.primitive.name in ("jit", "pjit") else None)
+    if rule is not None:
+      total += rule([v.aval.shape for v in eqn.invars], [v.aval.shape for v in eqn.outvars])
+      continue
     for sub in jex_core.jaxprs_in_params(eqn.params):
       total += _jaxpr_flops(sub)
   return total
