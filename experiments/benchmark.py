@@ -58,6 +58,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
   flags.DEFINE_float("min_seconds", 2.0, "Length of each timed window.")
   flags.DEFINE_integer("repeats", 3, "Timed windows per record (the median is reported).")
+  flags.DEFINE_bool("interleave", False, "Build every variant of a table set at once and"
+                    " alternate their timed windows (paired ratios to DLRM; needs memory for"
+                    " all their tables together).")
   flags.DEFINE_integer("num_batches", 8, "Distinct pre-generated batches cycled through.")
   flags.DEFINE_float("zipf_exponent", 1.1, "Skew of the synthetic ids.")
   flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and of init.")
@@ -93,6 +96,7 @@ class BenchConfig:
   seed: int = 0
   profile_dir: str | None = None
   mesh: str = ""
+  interleave: bool = False
 
 
 def config_from_flags() -> BenchConfig:
@@ -129,7 +133,7 @@ def config_from_flags() -> BenchConfig:
       batch_sizes=batch_sizes, tables=tuple(FLAGS.tables), workloads=tuple(FLAGS.workloads),
       compute_dtype=FLAGS.compute_dtype, min_seconds=FLAGS.min_seconds, repeats=FLAGS.repeats,
       num_batches=FLAGS.num_batches, zipf_exponent=FLAGS.zipf_exponent, seed=FLAGS.seed,
-      profile_dir=FLAGS.profile_dir, mesh=FLAGS.mesh)
+      profile_dir=FLAGS.profile_dir, mesh=FLAGS.mesh, interleave=FLAGS.interleave)
   if FLAGS.quick:  # flags given explicitly still win over the quick defaults
     quick = {"tables": ("100k",), "batch_sizes": (128, 2048), "models": ("dlrm", "afm"),
              "min_seconds": 0.5, "repeats": 1, "num_batches": 4}
@@ -212,16 +216,6 @@ def synthetic_batches(vocab_sizes, batch_size: int, count: int, zipf_exponent: f
   return out
 
 
-def _time_windows(run_steps, steps: int, windows: int) -> list[float]:
-  """Seconds of each of `windows` runs of `steps` steps (one sync at each window end)."""
-  out = []
-  for _ in range(windows):
-    tic = time.perf_counter()
-    run_steps(steps)
-    out.append(time.perf_counter() - tic)
-  return out
-
-
 def _calibrate(run_steps, min_seconds: float) -> int:
   """Steps that fill about `min_seconds`, from a short timed run."""
   steps, elapsed = 2, 0.0
@@ -288,7 +282,17 @@ def sharded_training(variant: Variant, dense_tx, table_opt, config: BenchConfig)
                          table_opt, jax.random.key(config.seed + 1), variant.regularizer)
 
 
-def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str | None) -> dict:
+@dataclasses.dataclass
+class Runner:
+  """A prepared record: `run_steps(n)` runs n steps and syncs once; `finish()` runs after timing."""
+
+  run_steps: object
+  flops_per_example: float
+  finish: object = lambda: None
+
+
+def prepare_train(variant: Variant, batches, config: BenchConfig) -> Runner:
+  """The jitted, donated train step (sparse SGD) of a variant over `batches`."""
   import jax
   from jaxrec.train import profiling, sparse
   from jaxrec.train.step import TrainState, dense_optimizer, make_train_step
@@ -313,31 +317,16 @@ def bench_train(variant: Variant, batches, config: BenchConfig, record_dir: str 
     jax.block_until_ready((s.step, metrics))
     holder["state"] = s
 
-  timing = _time_steps(run_steps, config, record_dir)
-  # The state lives on in `holder` so the caller can reuse the updated tables.
-  if not config.mesh:  # (sharded tables are padded: inference re-shards the variant's own)
-    variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
-  return {**timing, "flops_per_example": flops}
+  def finish():
+    # The donated input buffers are gone: the variant keeps the trained state.
+    if not config.mesh:  # (sharded tables are padded: inference re-shards the variant's own)
+      variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
+
+  return Runner(run_steps, flops, finish)
 
 
-def _time_steps(run_steps, config: BenchConfig, record_dir: str | None) -> dict:
-  """Compile time (first call), calibrated timed windows and an optional profile of run_steps(n)."""
-  import jax
-  from jaxrec.train import profiling
-  with profiling.count_compiles() as compiles:
-    tic = time.perf_counter()
-    run_steps(1)
-    compile_seconds = time.perf_counter() - tic
-    steps = _calibrate(run_steps, config.min_seconds)
-    windows = _time_windows(run_steps, steps, config.repeats)
-  if record_dir:
-    with jax.profiler.trace(record_dir, create_perfetto_trace=True):
-      run_steps(3)
-  return {"compile_seconds": compile_seconds, "compiles": compiles.count, "steps": steps,
-          "windows": windows}
-
-
-def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: str | None) -> dict:
+def prepare_inference(variant: Variant, batches, config: BenchConfig) -> Runner:
+  """The jitted predict function of a variant over `batches`."""
   import jax
   from jaxrec.train import profiling
   from jaxrec.train.step import TrainState, make_predict
@@ -361,7 +350,28 @@ def bench_inference(variant: Variant, batches, config: BenchConfig, record_dir: 
                     batches[i % len(batches)]["cat"]) for i in range(n)]
     jax.block_until_ready(outs)
 
-  return {**_time_steps(run_steps, config, record_dir), "flops_per_example": flops}
+  return Runner(run_steps, flops)
+
+
+PREPARE = {"train": prepare_train, "inference": prepare_inference}
+
+
+def _compile_and_calibrate(runner: Runner, config: BenchConfig) -> dict:
+  """Compile time (first call), compiles seen and the steps that fill one timed window."""
+  from jaxrec.train import profiling
+  with profiling.count_compiles() as compiles:
+    tic = time.perf_counter()
+    runner.run_steps(1)
+    compile_seconds = time.perf_counter() - tic
+    steps = _calibrate(runner.run_steps, config.min_seconds)
+  return {"compile_seconds": compile_seconds, "compiles": compiles.count, "steps": steps,
+          "windows": []}
+
+
+def _profile(runner: Runner, record_dir: str) -> None:
+  import jax
+  with jax.profiler.trace(record_dir, create_perfetto_trace=True):
+    runner.run_steps(3)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -371,6 +381,7 @@ def run(config: BenchConfig, log=print) -> list[dict]:
   import jax
   from jaxrec import allocator
   from jaxrec.data.synthetic import KAGGLE_CARDINALITIES
+  from jaxrec.train import profiling
 
   os.makedirs(config.output_dir, exist_ok=True)
   device = device_name()
@@ -395,56 +406,106 @@ def run(config: BenchConfig, log=print) -> list[dict]:
     variants = [v for v in variants if v[1] < 1.0 or v[0] != "dlrm"]
   records = []
   out_path = os.path.join(config.output_dir, "benchmark.json")
+
+  def save():  # rewritten after each record group: partial runs count
+    with open(out_path, "w") as f:
+      json.dump(records, f, indent=1)
+
+  # --interleave: every variant of a table set is built at once and their timed
+  # windows alternate, so slow drifts of the machine hit them alike.
+  groups = [variants] if config.interleave else [[v] for v in variants]
   for tables in config.tables:
     vocab = (100_000,) * 26 if tables == "100k" else KAGGLE_CARDINALITIES
     data = {b: jax.device_put(synthetic_batches(vocab, b, config.num_batches,
                                                 config.zipf_exponent, config.seed), placement)
             for b in config.batch_sizes}
-    for model_name, fraction in variants:
+    for group in groups:
       _rss_reset()
-      variant = build_variant(model_name, fraction, vocab, config.compute_dtype, config.seed)
-      if isinstance(variant, str):
-        log(f"skipped: {variant}")
-        continue
+      built = []
+      for model_name, fraction in group:
+        variant = build_variant(model_name, fraction, vocab, config.compute_dtype, config.seed)
+        if isinstance(variant, str):
+          log(f"skipped: {variant}")
+        else:
+          built.append(variant)
       for workload in config.workloads:
         for batch_size in config.batch_sizes:
-          name = f"{workload}-{model_name}-r{fraction:g}-{tables}-b{batch_size}"
-          record_dir = (os.path.join(config.profile_dir, name) if config.profile_dir else None)
-          bench = bench_train if workload == "train" else bench_inference
-          reset = _rss_reset()
-          result = bench(variant, data[batch_size], config, record_dir)
-          seconds = statistics.median(result["windows"])
-          rate = result["steps"] * batch_size / seconds
-          record = {
-              "workload": workload, "model": model_name, "batch_size": batch_size,
-              "tables": tables, "rank_fraction": fraction, "examples_per_sec": rate,
-              "compile_seconds": result["compile_seconds"], "peak_rss_bytes": _rss_peak(),
-              "flops_per_example": result["flops_per_example"],
-              "fraction_of_peak": result["flops_per_example"] * rate / (peak * num_devices),
-              "device": device,
-              "compute_dtype": config.compute_dtype, "compiles": result["compiles"],
-              "peak_flops_per_sec": peak, "steps_per_window": result["steps"],
-              "window_examples_per_sec": [result["steps"] * batch_size / w
-                                          for w in result["windows"]],
-              "rss_peak_is_per_record": reset, "loadavg": _loadavg(),
-              "mesh": config.mesh or None, "num_devices": num_devices,
-              "allocator": memory_allocator,
-          }
-          records.append(record)
-          log(format_row(record))
-          with open(out_path, "w") as f:  # rewritten after each record: partial runs count
-            json.dump(records, f, indent=1)
-      del variant
+          timed = []
+          for variant in built:
+            reset = _rss_reset()
+            runner = PREPARE[workload](variant, data[batch_size], config)
+            timed.append((variant, runner, _compile_and_calibrate(runner, config), reset))
+          for _ in range(config.repeats):
+            for _, runner, result, _ in timed:
+              with profiling.count_compiles() as compiles:
+                tic = time.perf_counter()
+                runner.run_steps(result["steps"])
+                result["windows"].append(time.perf_counter() - tic)
+              result["compiles"] += compiles.count
+          for variant, runner, result, reset in timed:
+            name = (f"{workload}-{variant.model_name}-r{variant.rank_fraction:g}-{tables}"
+                    f"-b{batch_size}")
+            if config.profile_dir:
+              _profile(runner, os.path.join(config.profile_dir, name))
+            runner.finish()
+            record = _record(workload, variant, batch_size, tables, runner, result, peak,
+                             num_devices, device, memory_allocator, config)
+            record["rss_peak_is_per_record"] = reset and not config.interleave
+            records.append(record)
+          _add_ratios(records)
+          for record in records[-len(timed):]:
+            log(format_row(record))
+          save()
+      del built
   return records
 
 
+def _record(workload, variant, batch_size, tables, runner, result, peak, num_devices, device,
+            memory_allocator, config) -> dict:
+  rates = [result["steps"] * batch_size / w for w in result["windows"]]
+  rate = statistics.median(rates)
+  return {
+      "workload": workload, "model": variant.model_name, "batch_size": batch_size,
+      "tables": tables, "rank_fraction": variant.rank_fraction, "examples_per_sec": rate,
+      "compile_seconds": result["compile_seconds"], "peak_rss_bytes": _rss_peak(),
+      "flops_per_example": runner.flops_per_example,
+      "fraction_of_peak": runner.flops_per_example * rate / (peak * num_devices),
+      "device": device,
+      "compute_dtype": config.compute_dtype, "compiles": result["compiles"],
+      "peak_flops_per_sec": peak, "steps_per_window": result["steps"],
+      "window_examples_per_sec": rates, "interleaved": config.interleave,
+      "loadavg": _loadavg(), "mesh": config.mesh or None, "num_devices": num_devices,
+      "allocator": memory_allocator,
+  }
+
+
+def _add_ratios(records: list[dict]) -> None:
+  """`ratio_to_dlrm`: each record's rate over dense DLRM's at the same workload, batch and
+  tables. Interleaved windows are paired (the median of window-by-window ratios, with
+  their range in `ratio_to_dlrm_range`); otherwise it is the ratio of the medians."""
+  for r in records:
+    base = next((d for d in records if d["model"] == "dlrm" and d["rank_fraction"] == 1.0
+                 and all(d[k] == r[k] for k in ("workload", "batch_size", "tables"))), None)
+    if base is None:
+      continue
+    mine, theirs = r["window_examples_per_sec"], base["window_examples_per_sec"]
+    if r["interleaved"] and base["interleaved"] and len(mine) == len(theirs):
+      ratios = [a / b for a, b in zip(mine, theirs)]
+      r["ratio_to_dlrm"] = statistics.median(ratios)
+      r["ratio_to_dlrm_range"] = [min(ratios), max(ratios)]
+    else:
+      r["ratio_to_dlrm"] = r["examples_per_sec"] / base["examples_per_sec"]
+
+
 HEADER = (f"{'workload':9s} {'model':6s} {'rank':>4s} {'tables':6s} {'batch':>5s} "
-          f"{'examples/s':>11s} {'MFLOP/ex':>8s} {'%peak':>6s} {'compile s':>9s} {'RSS GiB':>7s}")
+          f"{'examples/s':>11s} {'x dlrm':>6s} {'MFLOP/ex':>8s} {'%peak':>6s} {'compile s':>9s}"
+          f" {'RSS GiB':>7s}")
 
 
 def format_row(r: dict) -> str:
   return (f"{r['workload']:9s} {r['model']:6s} {r['rank_fraction']:4g} {r['tables']:6s} "
           f"{r['batch_size']:5d} {r['examples_per_sec']:11,.0f} "
+          f"{r['ratio_to_dlrm'] if 'ratio_to_dlrm' in r else float('nan'):6.3f} "
           f"{r['flops_per_example'] / 1e6:8.3f} {100 * r['fraction_of_peak']:5.1f}% "
           f"{r['compile_seconds']:9.2f} {r['peak_rss_bytes'] / 2**30:7.2f}")
 

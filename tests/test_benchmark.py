@@ -49,3 +49,40 @@ def test_rank_fraction_variant_is_svd_factorized():
   assert top0["u"].shape == (367, 106) and top0["v"].shape == (106, 512)
   assert "kernel" in variant.variables["params"]["top"]["layers_2"]  # 256x1: rank < 1, stays dense
   assert "no_such" in benchmark.build_variant("no_such", 1.0, (50,) * 26, "float32", seed=0)
+
+
+@pytest.mark.slow
+def test_interleaved_windows_alternate_and_give_paired_ratios(tmp_path):
+  config = benchmark.BenchConfig(
+      output_dir=str(tmp_path), models=("dlrm", "afm"), rank_fractions=(1.0,),
+      batch_sizes=(32,), tables=("100k",), workloads=("train",), min_seconds=0.01, repeats=3,
+      num_batches=2, interleave=True)
+  records = benchmark.run(config, log=lambda s: None)
+  assert [(r["model"], r["workload"]) for r in records] == [("dlrm", "train"), ("afm", "train")]
+  dlrm, afm = records
+  assert dlrm["ratio_to_dlrm"] == 1.0 and dlrm["ratio_to_dlrm_range"] == [1.0, 1.0]
+  assert len(afm["window_examples_per_sec"]) == len(dlrm["window_examples_per_sec"]) == 3
+  paired = sorted(a / d for a, d in zip(afm["window_examples_per_sec"],
+                                        dlrm["window_examples_per_sec"]))
+  assert afm["ratio_to_dlrm"] == pytest.approx(paired[1])
+  assert afm["ratio_to_dlrm_range"] == pytest.approx([paired[0], paired[-1]])
+  assert all(r["compiles"] == 1 and not r["rss_peak_is_per_record"] for r in records)
+
+
+def test_ratios_to_dlrm_pair_windows_only_when_interleaved():
+  def record(model, windows, interleaved, batch=8):
+    return {"model": model, "rank_fraction": 1.0, "workload": "train", "batch_size": batch,
+            "tables": "100k", "window_examples_per_sec": windows, "interleaved": interleaved,
+            "examples_per_sec": sorted(windows)[len(windows) // 2]}
+  # Paired: the afm/dlrm window ratios are 0.5, 1.0 and 0.6 -> median 0.6.
+  records = [record("dlrm", [10.0, 20.0, 30.0], True), record("afm", [5.0, 20.0, 18.0], True),
+             record("afm", [1.0], True, batch=16)]  # no dlrm at batch 16: no ratio
+  benchmark._add_ratios(records)
+  assert records[1]["ratio_to_dlrm"] == pytest.approx(0.6)
+  assert records[1]["ratio_to_dlrm_range"] == pytest.approx([0.5, 1.0])
+  assert "ratio_to_dlrm" not in records[2]
+  # Not interleaved: the ratio of the medians (18 / 20), no range.
+  records = [record("dlrm", [10.0, 20.0, 30.0], False), record("afm", [5.0, 20.0, 18.0], False)]
+  benchmark._add_ratios(records)
+  assert records[1]["ratio_to_dlrm"] == pytest.approx(0.9)
+  assert "ratio_to_dlrm_range" not in records[1]

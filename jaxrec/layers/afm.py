@@ -94,10 +94,38 @@ def _pair_products_bwd(fields, d_products):
 pair_products.defvjp(_pair_products_fwd, _pair_products_bwd)
 
 
-@jax.custom_vjp
+def _varying_axes(x: jax.Array) -> tuple:
+  """Mesh axes over which x varies inside shard_map (() outside it)."""
+  aval = jax.typeof(x)
+  if hasattr(aval, "mat"):  # jax >= 0.10
+    return tuple(aval.mat.varying)
+  return tuple(getattr(aval, "vma", ()))  # jax 0.6 - 0.9
+
+
+def _vary_like(w: jax.Array, x: jax.Array) -> jax.Array:
+  """w, marked as varying over the shard_map axes that x varies over and w does not."""
+  axes = tuple(a for a in _varying_axes(x) if a not in _varying_axes(w))
+  if not axes:
+    return w
+  if hasattr(jax.lax, "pcast"):
+    return jax.lax.pcast(w, axes, to="varying")
+  return jax.lax.pvary(w, axes)
+
+
 def attention_scores(products: jax.Array, kernel: jax.Array, bias: jax.Array,
                      h: jax.Array) -> jax.Array:
-  """The attention network's scores hᵀ ReLU(Wᵀ x + b) for rows x: [N, k] -> [N] (float32).
+  """The attention network's scores hᵀ ReLU(Wᵀ x + b) for rows x: [N, k] -> [N] (float32)."""
+  # Inside shard_map a custom VJP must return cotangents that vary over the same
+  # mesh axes as its inputs: the (replicated) weights are cast to vary like the
+  # rows, and JAX sums their gradients over the devices. A no-op elsewhere.
+  kernel, bias, h = (_vary_like(w, products) for w in (kernel, bias, h))
+  return _attention_scores(products, kernel, bias, h)
+
+
+@jax.custom_vjp
+def _attention_scores(products: jax.Array, kernel: jax.Array, bias: jax.Array,
+                      h: jax.Array) -> jax.Array:
+  """`attention_scores` with a hand-written VJP.
 
   The VJP is hand-written so that the [N, t] hidden layer is touched by only
   two backward passes. With E = ds ⊗ 1[Wᵀx + b > 0] (so dHidden = E diag(h))
@@ -134,7 +162,7 @@ def _attention_scores_bwd(residuals, d_scores):
           d_h.astype(h.dtype))
 
 
-attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
+_attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
 
 
 def _weight_matrix(weights: jax.Array, num_fields: int, symmetric: bool = False) -> jax.Array:
