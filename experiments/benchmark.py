@@ -452,10 +452,11 @@ def run(config: BenchConfig, log=print) -> list[dict]:
                              num_devices, device, memory_allocator, config)
             record["rss_peak_is_per_record"] = reset and not config.interleave
             records.append(record)
-          _add_ratios(records)
-          for record in records[-len(timed):]:
-            log(format_row(record))
-          save()
+          if timed:
+            _add_ratios(records)
+            for record in records[-len(timed):]:
+              log(format_row(record))
+            save()
       del built
   return records
 

@@ -127,14 +127,13 @@ def _attention_scores(products: jax.Array, kernel: jax.Array, bias: jax.Array,
                       h: jax.Array) -> jax.Array:
   """`attention_scores` with a hand-written VJP.
 
-  The VJP is hand-written so that the [N, t] hidden layer is touched by only
-  two backward passes. With E = ds ⊗ 1[Wᵀx + b > 0] (so dHidden = E diag(h))
-  and the Gram matrix G = Xᵀ E, e = Σ_n E_n:
+  With E = ds ⊗ 1[Wᵀx + b > 0] (so dHidden = E diag(h)), the Gram matrix
+  G = Xᵀ E and e = Σ_n E_n:
 
       dW = G diag(h),   db = e ⊙ h,   dX = E (W diag(h))ᵀ,
       dh_t = Σ_n E_nt (Wᵀ x_n + b)_t = Σ_k W_kt G_kt + b_t e_t,
 
-  so dh costs no pass over the hidden layer, and no hidden activation is stored.
+  so the backward makes one [N, t] array (E) and dh costs no pass over it.
   """
   return _attention_scores_fwd(products, kernel, bias, h)[0]
 
