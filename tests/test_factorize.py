@@ -13,7 +13,11 @@ from jaxrec.factorize import FactorizeConfig, rank_rule
 from jaxrec.factorize import auto as auto_lib
 from jaxrec.factorize import nmf as nmf_lib
 from jaxrec.factorize import svd as svd_lib
+from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.layers.mlp import MLP, Dense
+from jaxrec.models import registry
+from jaxrec.models.ctr_model import CTRModel
+from jaxrec.models.registry import ModelConfig
 
 
 @pytest.mark.parametrize("m, n, p, expected", [
@@ -199,3 +203,18 @@ def test_explicit_ranks_reproduce_a_plan():
   assert out.ranks == config.ranks
   with pytest.raises(ValueError, match="outside"):
     svd_lib.svd(params, dataclasses.replace(config, ranks=(("attention", 99),)))
+
+
+def test_dense_layer_paths_include_afm_attention_applied_through_its_own_op():
+  # AFMPooling reads its attention Dense through `Dense.weights`, not `__call__`.
+  model = CTRModel.create(ModelConfig(name="afm"),
+                          registry.embedding_config_for(ModelConfig(name="afm"),
+                                                        EmbeddingConfig(dim=16)), (50,) * 26)
+  layers = factorize.dense_layer_paths(lambda: model.init(jax.random.key(0)))
+  assert "afm/pooling/attention" in layers
+  assert set(layers) >= {"bottom/layers_0", "bottom/layers_3", "linear"}
+  params = model.init(jax.random.key(0))["params"]
+  new, config = factorize.TRANSFORMS["before"](
+      params, FactorizeConfig(method="before", rank_fraction=0.5, layers=layers))
+  assert dict(config.ranks)["afm/pooling/attention"] == 3  # 16x16 at p = 0.5
+  assert new["afm"]["pooling"]["attention"]["u"].shape == (16, 3)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxrec.layers.mlp import Dense
+from jaxrec.layers.mlp import Dense, effective_kernel
 
 Params = Mapping[str, Any]
 
@@ -182,7 +182,9 @@ def dense_layer_paths(init_fn: Callable[[], Any]) -> tuple[str, ...]:
   found = []
 
   def interceptor(next_fun, call_args, call_kwargs, context):
-    if isinstance(context.module, Dense) and context.method_name == "__call__":
+    # Every Dense creates its parameters in `weights` (called by `__call__`, or
+    # directly by layers that apply the kernel with their own op, such as AFM's).
+    if isinstance(context.module, Dense) and context.method_name == "weights":
       path = "/".join(context.module.path)
       if path not in found:
         found.append(path)
@@ -195,6 +197,4 @@ def dense_layer_paths(init_fn: Callable[[], Any]) -> tuple[str, ...]:
 
 def kernel_of(layer: Mapping[str, Any]) -> jax.Array:
   """The (possibly reconstructed) m x n kernel of a layer."""
-  if "kernel" in layer:
-    return jnp.asarray(layer["kernel"])
-  return jnp.asarray(layer["u"]) @ jnp.asarray(layer["v"])
+  return effective_kernel({k: jnp.asarray(v) for k, v in layer.items() if k != "bias"})

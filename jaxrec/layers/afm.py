@@ -356,11 +356,8 @@ def attention_kernels(params: Any) -> list[jax.Array]:
     if not isinstance(tree, Mapping):
       return
     for name, sub in tree.items():
-      if name == "attention" and isinstance(sub, Mapping):
-        if "kernel" in sub:
-          found.append(sub["kernel"])
-        elif "u" in sub and "v" in sub:
-          found.append(sub["u"] @ sub["v"])
+      if name == "attention" and isinstance(sub, Mapping) and ("kernel" in sub or "u" in sub):
+        found.append(effective_kernel(sub))
       else:
         visit(sub)
 
