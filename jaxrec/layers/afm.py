@@ -139,8 +139,8 @@ def _attention_scores(products: jax.Array, kernel: jax.Array, bias: jax.Array,
 
 
 def _attention_scores_fwd(products, kernel, bias, h):
-  hidden = jnp.maximum(unrolled_matmul(products, kernel.astype(products.dtype))
-                       .astype(jnp.float32) + bias, 0.0)
+  # Accumulated in float32 also when the rows are stored in a narrower dtype.
+  hidden = jnp.maximum(unrolled_matmul(products.astype(jnp.float32), kernel) + bias, 0.0)
   # A matrix-vector product, not a reduction: XLA:CPU hands reductions to a
   # library fusion that would materialise every operand of the ReLU.
   return hidden @ h, (products, kernel, bias, h, hidden)
