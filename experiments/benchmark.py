@@ -16,7 +16,11 @@ batches with Zipf-skewed ids, generated and moved to the device before timing.
 Prints a table and writes DIR/benchmark.json, a list of records with keys
 workload, model, batch_size, tables, rank_fraction, examples_per_sec,
 compile_seconds, peak_rss_bytes, flops_per_example, fraction_of_peak, device
-(plus a few extras: compiles, peak_flops_per_sec, loadavg, ...).
+(plus a few extras: compiles, peak_flops_per_sec, loadavg, ratio_to_dlrm, ...).
+``ratio_to_dlrm`` is a record's rate over dense DLRM's at the same workload,
+batch and tables; with `--interleave` all variants of a table set are built at
+once and their timed windows alternate, so it is the median of paired
+window-by-window ratios (range in ``ratio_to_dlrm_range``).
 ``flops_per_example`` counts the matmuls of the traced step (forward and
 backward for training); ``fraction_of_peak`` = flops_per_example x
 examples_per_sec / measured matmul peak. ``peak_rss_bytes`` is the process's
