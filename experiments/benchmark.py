@@ -27,7 +27,9 @@ examples_per_sec / measured matmul peak. ``peak_rss_bytes`` is the process's
 resident-set high-water mark during the record (reset before each record where
 Linux allows, else the process peak so far). `--profile_dir` writes one JAX
 profiler trace per record (a few steps each); open it with TensorBoard's
-profile plugin or https://ui.perfetto.dev (see README).
+profile plugin or https://ui.perfetto.dev (see README). `--steps_per_call=K` times
+`jaxrec.train.step.make_multi_train_step` (K steps per jitted call, a `lax.scan`) in
+place of one step per call; records say `steps_per_call`.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def define_flags() -> None:
                     " alternate their timed windows (paired ratios to DLRM; needs memory for"
                     " all their tables together).")
   flags.DEFINE_integer("num_batches", 8, "Distinct pre-generated batches cycled through.")
+  flags.DEFINE_integer("steps_per_call", 1, "Training steps per jitted call (a lax.scan over"
+                       " that many batches: one dispatch for several steps).")
   flags.DEFINE_float("zipf_exponent", 1.1, "Skew of the synthetic ids.")
   flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and of init.")
   flags.DEFINE_string("mesh", "", "Time the sharded steps on a device mesh 'data:N,model:M'"
@@ -96,6 +100,7 @@ class BenchConfig:
   min_seconds: float = 2.0
   repeats: int = 3
   num_batches: int = 8
+  steps_per_call: int = 1
   zipf_exponent: float = 1.1
   seed: int = 0
   profile_dir: str | None = None
@@ -123,6 +128,8 @@ def config_from_flags() -> BenchConfig:
     raise FlagError(f"--workloads: unknown {bad}; choose from train, inference")
   if FLAGS.min_seconds <= 0 or FLAGS.repeats < 1 or FLAGS.num_batches < 1:
     raise FlagError("--min_seconds must be > 0, --repeats and --num_batches >= 1")
+  if FLAGS.steps_per_call < 1 or (FLAGS.steps_per_call > 1 and FLAGS.mesh):
+    raise FlagError("--steps_per_call must be >= 1, and 1 with --mesh")
   if FLAGS.mesh:
     from jaxrec.train.sharding import MeshConfig, MeshError
     try:
@@ -136,7 +143,8 @@ def config_from_flags() -> BenchConfig:
       output_dir=FLAGS.output_dir, models=tuple(FLAGS.models), rank_fractions=fractions,
       batch_sizes=batch_sizes, tables=tuple(FLAGS.tables), workloads=tuple(FLAGS.workloads),
       compute_dtype=FLAGS.compute_dtype, min_seconds=FLAGS.min_seconds, repeats=FLAGS.repeats,
-      num_batches=FLAGS.num_batches, zipf_exponent=FLAGS.zipf_exponent, seed=FLAGS.seed,
+      num_batches=FLAGS.num_batches, steps_per_call=FLAGS.steps_per_call,
+      zipf_exponent=FLAGS.zipf_exponent, seed=FLAGS.seed,
       profile_dir=FLAGS.profile_dir, mesh=FLAGS.mesh, interleave=FLAGS.interleave)
   if FLAGS.quick:  # flags given explicitly still win over the quick defaults
     quick = {"tables": ("100k",), "batch_sizes": (128, 2048), "models": ("dlrm", "afm"),
@@ -288,18 +296,21 @@ def sharded_training(variant: Variant, dense_tx, table_opt, config: BenchConfig)
 
 @dataclasses.dataclass
 class Runner:
-  """A prepared record: `run_steps(n)` runs n steps and syncs once; `finish()` runs after timing."""
+  """A prepared record: `run_steps(n)` makes n calls of `steps_per_call` steps each and
+  syncs once; `finish()` runs after timing."""
 
   run_steps: object
   flops_per_example: float
   finish: object = lambda: None
+  steps_per_call: int = 1
 
 
 def prepare_train(variant: Variant, batches, config: BenchConfig) -> Runner:
   """The jitted, donated train step (sparse SGD) of a variant over `batches`."""
   import jax
   from jaxrec.train import profiling, sparse
-  from jaxrec.train.step import TrainState, dense_optimizer, make_train_step
+  from jaxrec.train.step import (TrainState, dense_optimizer, make_multi_train_step,
+                                 make_train_step)
 
   dense_tx = dense_optimizer("sgd", 0.01)
   table_opt = sparse.sgd(0.01)
@@ -312,6 +323,16 @@ def prepare_train(variant: Variant, batches, config: BenchConfig) -> Runner:
   if config.mesh:  # FLOPs above are the whole batch's; the sharded step splits them
     sharded = sharded_training(variant, dense_tx, table_opt, config)
     state, step_fn = sharded.shard_state(state), sharded.train_step
+  per_call = config.steps_per_call
+  if per_call > 1:  # call i trains on batches i*k ... i*k + k - 1 (cycled), stacked
+    if config.mesh:
+      raise ValueError("steps_per_call > 1 is not supported with a mesh")
+    step_fn = make_multi_train_step(variant.model, dense_tx, table_opt,
+                                    jax.random.key(config.seed + 1))
+    batches = [jax.tree_util.tree_map(
+        lambda *x: jax.numpy.stack(x),
+        *[batches[(i * per_call + j) % len(batches)] for j in range(per_call)])
+        for i in range(len(batches))]
   holder = {"state": state}
 
   def run_steps(n):
@@ -326,7 +347,7 @@ def prepare_train(variant: Variant, batches, config: BenchConfig) -> Runner:
     if not config.mesh:  # (sharded tables are padded: inference re-shards the variant's own)
       variant.variables = {"params": holder["state"].params, "tables": holder["state"].tables}
 
-  return Runner(run_steps, flops, finish)
+  return Runner(run_steps, flops, finish, per_call)
 
 
 def prepare_inference(variant: Variant, batches, config: BenchConfig) -> Runner:
@@ -467,7 +488,7 @@ def run(config: BenchConfig, log=print) -> list[dict]:
 
 def _record(workload, variant, batch_size, tables, runner, result, peak, num_devices, device,
             memory_allocator, config) -> dict:
-  rates = [result["steps"] * batch_size / w for w in result["windows"]]
+  rates = [result["steps"] * runner.steps_per_call * batch_size / w for w in result["windows"]]
   rate = statistics.median(rates)
   return {
       "workload": workload, "model": variant.model_name, "batch_size": batch_size,
@@ -477,7 +498,8 @@ def _record(workload, variant, batch_size, tables, runner, result, peak, num_dev
       "fraction_of_peak": runner.flops_per_example * rate / (peak * num_devices),
       "device": device,
       "compute_dtype": config.compute_dtype, "compiles": result["compiles"],
-      "peak_flops_per_sec": peak, "steps_per_window": result["steps"],
+      "peak_flops_per_sec": peak, "steps_per_window": result["steps"] * runner.steps_per_call,
+      "steps_per_call": runner.steps_per_call,
       "window_examples_per_sec": rates, "interleaved": config.interleave,
       "loadavg": _loadavg(), "mesh": config.mesh or None, "num_devices": num_devices,
       "allocator": memory_allocator,

@@ -48,6 +48,7 @@ class VersusConfig:
   reference_print_freq: int = 25
   repeats: int = 3
   min_seconds: float = 3.0
+  steps_per_call: int = 1
 
 
 def table_sizes(tables: str) -> tuple[int, ...]:
@@ -78,7 +79,8 @@ def benchmark_command(config: VersusConfig, output_dir: str) -> list[str]:
   return [sys.executable, "-m", "experiments.benchmark", f"--output_dir={output_dir}",
           "--models=dlrm", "--rank_fractions=1.0", f"--tables={config.tables}",
           f"--batch_sizes={config.batch_size}", "--workloads=train",
-          f"--repeats={config.repeats}", f"--min_seconds={config.min_seconds}"]
+          f"--repeats={config.repeats}", f"--min_seconds={config.min_seconds}",
+          f"--steps_per_call={config.steps_per_call}"]
 
 
 def interval_ms(log: str) -> list[float]:
@@ -151,7 +153,7 @@ def main(argv):
       batch_size=flags_.batch_size, tables=flags_.tables, rounds=flags_.rounds,
       reference_batches=flags_.reference_batches,
       reference_print_freq=flags_.reference_print_freq, repeats=flags_.repeats,
-      min_seconds=flags_.min_seconds)
+      min_seconds=flags_.min_seconds, steps_per_call=flags_.steps_per_call)
   result = compare(config)
   s = result["summary"]
   print(f"jaxrec / reference at batch {config.batch_size}, {config.tables} tables:"
@@ -178,6 +180,7 @@ def define_flags():
                        "The reference's --print-freq: one timed interval per this many batches.")
   flags.DEFINE_integer("repeats", 3, "The benchmark's --repeats.")
   flags.DEFINE_float("min_seconds", 3.0, "The benchmark's --min_seconds.")
+  flags.DEFINE_integer("steps_per_call", 1, "The benchmark's --steps_per_call.")
   flags.DEFINE_string("output_dir", "runs/versus_reference", "Where versus_reference.json goes.")
   flags.mark_flag_as_required("reference_dir")
 

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from experiments import benchmark
@@ -86,3 +87,36 @@ def test_ratios_to_dlrm_pair_windows_only_when_interleaved():
   benchmark._add_ratios(records)
   assert records[1]["ratio_to_dlrm"] == pytest.approx(0.9)
   assert "ratio_to_dlrm_range" not in records[1]
+
+
+def test_steps_per_call_trains_that_many_batches_per_call(tmp_path):
+  import jax
+  vocab = (50,) * 26
+  batches = jax.device_put(benchmark.synthetic_batches(vocab, 16, 4, 1.1, 0))
+  trained = []
+  for per_call, calls in ((1, 4), (2, 2), (4, 1)):
+    config = benchmark.BenchConfig(output_dir=str(tmp_path), steps_per_call=per_call)
+    variant = benchmark.build_variant("dlrm", 1.0, vocab, "float32", 0)
+    runner = benchmark.prepare_train(variant, batches, config)
+    assert runner.steps_per_call == per_call
+    runner.run_steps(calls)
+    runner.finish()
+    trained.append(jax.device_get(variant.variables))
+  for other in trained[1:]:  # the same four batches in the same order, however grouped
+    for a, b in zip(jax.tree_util.tree_leaves(other), jax.tree_util.tree_leaves(trained[0])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  initial = benchmark.build_variant("dlrm", 1.0, vocab, "float32", 0).variables
+  assert not np.allclose(jax.device_get(initial["tables"])["embedding"],
+                         trained[0]["tables"]["embedding"])
+
+
+def test_steps_per_call_counts_every_step_in_the_record(tmp_path):
+  config = benchmark.BenchConfig(
+      output_dir=str(tmp_path), models=("dlrm",), rank_fractions=(1.0,), batch_sizes=(16,),
+      tables=("100k",), workloads=("train",), min_seconds=0.01, repeats=1, num_batches=2,
+      steps_per_call=3)
+  (record,) = benchmark.run(config, log=lambda s: None)
+  assert record["steps_per_call"] == 3 and record["steps_per_window"] % 3 == 0
+  assert record["compiles"] == 1
+  (window_rate,) = record["window_examples_per_sec"]
+  assert record["examples_per_sec"] == window_rate

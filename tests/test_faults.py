@@ -13,7 +13,8 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models import CTRModel, ModelConfig
 from jaxrec.train import faults, loop, sparse
 from jaxrec.train.checkpoint import Checkpointer
-from jaxrec.train.step import create_train_state, dense_optimizer, make_train_step
+from jaxrec.train.step import (create_train_state, dense_optimizer, make_multi_train_step,
+                               make_train_step)
 
 MODEL = ModelConfig(bottom_mlp=(8, 4), top_mlp=(8, 1))
 EMBEDDING = EmbeddingConfig(dim=4)
@@ -52,6 +53,32 @@ def test_nonfinite_batch_changes_nothing_but_the_step(sparse_name):
   assert int(metrics["nonfinite"]) == 0
   changed = jax.device_get(state.tables)["embedding"]
   assert not np.array_equal(changed, after.tables["embedding"])
+
+
+def test_multi_step_matches_consecutive_steps_including_a_skipped_batch():
+  model = CTRModel.create(MODEL, EMBEDDING, (5,) * 26)
+  dense_tx, table_opt = dense_optimizer("adam", 0.1), sparse.create("rowwise_adagrad", 0.1)
+  rng = np.random.default_rng(0)
+  batches = [_batch(rng), _batch(rng, poison=True), _batch(rng)]
+  single = make_train_step(model, dense_tx, table_opt, jax.random.key(1))
+  state = create_train_state(model, jax.random.key(0), dense_tx, table_opt)
+  singles = []
+  for batch in batches:
+    state, metrics = single(state, batch)
+    singles.append(jax.device_get(metrics))
+  want = jax.device_get(state)
+  multi = make_multi_train_step(model, dense_tx, table_opt, jax.random.key(1))
+  stacked = jax.tree_util.tree_map(lambda *x: np.stack(x), *batches)
+  got, metrics = multi(create_train_state(model, jax.random.key(0), dense_tx, table_opt), stacked)
+  got, metrics = jax.device_get((got, metrics))
+  assert int(got.step) == 3
+  assert list(metrics["nonfinite"]) == [0, 1, 0] and int(metrics["nonfinite_step"][1]) == 2
+  np.testing.assert_allclose(metrics["loss_sum"], [m["loss_sum"] for m in singles], rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert not np.array_equal(got.tables["embedding"],
+                            create_train_state(model, jax.random.key(0), dense_tx,
+                                               table_opt).tables["embedding"])
 
 
 def test_monitor_names_the_first_bad_step_and_counts():
