@@ -77,6 +77,16 @@ def define_flags() -> None:
 
 
 TABLE_SETS = ("100k", "kaggle")
+
+
+def table_sizes(tables: str) -> tuple[int, ...]:
+  """Rows per table of a table set: 26 x 100,000, or the Criteo Kaggle cardinalities."""
+  from jaxrec.data.synthetic import KAGGLE_CARDINALITIES
+  if tables == "100k":
+    return (100_000,) * 26
+  if tables == "kaggle":
+    return tuple(KAGGLE_CARDINALITIES)
+  raise ValueError(f"tables must be one of {', '.join(TABLE_SETS)}, not {tables!r}")
 RECORD_KEYS = ("workload", "model", "batch_size", "tables", "rank_fraction", "examples_per_sec",
                "compile_seconds", "peak_rss_bytes", "flops_per_example", "fraction_of_peak",
                "device")
@@ -405,7 +415,6 @@ def run(config: BenchConfig, log=print) -> list[dict]:
   """Runs the suite; returns the records (also written to output_dir/benchmark.json)."""
   import jax
   from jaxrec import allocator
-  from jaxrec.data.synthetic import KAGGLE_CARDINALITIES
   from jaxrec.train import profiling
 
   os.makedirs(config.output_dir, exist_ok=True)
@@ -440,7 +449,7 @@ def run(config: BenchConfig, log=print) -> list[dict]:
   # windows alternate, so slow drifts of the machine hit them alike.
   groups = [variants] if config.interleave else [[v] for v in variants]
   for tables in config.tables:
-    vocab = (100_000,) * 26 if tables == "100k" else KAGGLE_CARDINALITIES
+    vocab = table_sizes(tables)
     data = {b: jax.device_put(synthetic_batches(vocab, b, config.num_batches,
                                                 config.zipf_exponent, config.seed), placement)
             for b in config.batch_sizes}

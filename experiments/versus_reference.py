@@ -32,6 +32,8 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
+from experiments.benchmark import table_sizes
+
 FLAGS = flags.FLAGS
 
 _INTERVAL = re.compile(r"Finished training it \d+/\d+ of epoch \d+, ([\d.]+) ms/it")
@@ -49,16 +51,6 @@ class VersusConfig:
   repeats: int = 3
   min_seconds: float = 3.0
   steps_per_call: int = 1
-
-
-def table_sizes(tables: str) -> tuple[int, ...]:
-  """Rows per table of a benchmark table set."""
-  from jaxrec.data.synthetic import KAGGLE_CARDINALITIES
-  if tables == "100k":
-    return (100_000,) * 26
-  if tables == "kaggle":
-    return tuple(KAGGLE_CARDINALITIES)
-  raise ValueError(f"--tables must be 100k or kaggle, not {tables!r}")
 
 
 def reference_command(config: VersusConfig) -> list[str]:
@@ -123,7 +115,7 @@ def run_jaxrec(config: VersusConfig) -> dict:
 
 def summarize(rounds: Sequence[dict]) -> dict:
   """Median and range of the per-round ratios jaxrec / reference."""
-  ratios = [r["jaxrec"]["examples_per_sec"] / r["reference"]["examples_per_sec"] for r in rounds]
+  ratios = [r["ratio"] for r in rounds]
   return {"rounds": len(ratios), "ratios": ratios, "median_ratio": statistics.median(ratios),
           "min_ratio": min(ratios), "max_ratio": max(ratios)}
 
@@ -147,20 +139,22 @@ def compare(config: VersusConfig, reference: Callable[[VersusConfig], dict] = ru
 
 def main(argv):
   del argv
-  flags_ = FLAGS
   config = VersusConfig(
-      reference_dir=flags_.reference_dir, reference_python=flags_.reference_python,
-      batch_size=flags_.batch_size, tables=flags_.tables, rounds=flags_.rounds,
-      reference_batches=flags_.reference_batches,
-      reference_print_freq=flags_.reference_print_freq, repeats=flags_.repeats,
-      min_seconds=flags_.min_seconds, steps_per_call=flags_.steps_per_call)
-  result = compare(config)
+      reference_dir=FLAGS.reference_dir, reference_python=FLAGS.reference_python,
+      batch_size=FLAGS.batch_size, tables=FLAGS.tables, rounds=FLAGS.rounds,
+      reference_batches=FLAGS.reference_batches,
+      reference_print_freq=FLAGS.reference_print_freq, repeats=FLAGS.repeats,
+      min_seconds=FLAGS.min_seconds, steps_per_call=FLAGS.steps_per_call)
+  try:
+    result = compare(config)
+  except (FileNotFoundError, RuntimeError) as e:  # a bad checkout or a failed run: one message
+    sys.exit(f"versus_reference: {e}")
   s = result["summary"]
   print(f"jaxrec / reference at batch {config.batch_size}, {config.tables} tables:"
         f" median {s['median_ratio']:.2f}x over {s['rounds']} rounds"
         f" (range {s['min_ratio']:.2f}-{s['max_ratio']:.2f}x)")
-  os.makedirs(flags_.output_dir, exist_ok=True)
-  path = os.path.join(flags_.output_dir, "versus_reference.json")
+  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  path = os.path.join(FLAGS.output_dir, "versus_reference.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {path}")

@@ -40,7 +40,7 @@ def test_commands_pin_the_benchmark_configuration():
   ours = vr.benchmark_command(config, "/out")
   assert "--tables=kaggle" in ours and "--batch_sizes=128" in ours and "--models=dlrm" in ours
   assert "--steps_per_call=1" in ours
-  with pytest.raises(ValueError, match="100k or kaggle"):
+  with pytest.raises(ValueError, match="100k, kaggle"):
     vr.table_sizes("1tb")
 
 
