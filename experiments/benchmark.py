@@ -16,16 +16,17 @@ batches with Zipf-skewed ids, generated and moved to the device before timing.
 Prints a table and writes DIR/benchmark.json, a list of records with keys
 workload, model, batch_size, tables, rank_fraction, examples_per_sec,
 compile_seconds, peak_rss_bytes, flops_per_example, fraction_of_peak, device
-(plus a few extras: compiles, peak_flops_per_sec, loadavg, ratio_to_dlrm, ...).
+(plus a few extras: compiles, peak_flops_per_sec, loadavg, ratio_to_dlrm,
+host_cpu / host_cpu_count / host_cpu_features, ...).
 ``ratio_to_dlrm`` is a record's rate over dense DLRM's at the same workload,
 batch and tables; with `--interleave` all variants of a table set are built at
 once and their timed windows alternate, so it is the median of paired
 window-by-window ratios (range in ``ratio_to_dlrm_range``).
 ``flops_per_example`` counts the matmuls of the traced step (forward and
 backward for training); ``fraction_of_peak`` = flops_per_example x
-examples_per_sec / measured matmul peak. ``peak_rss_bytes`` is the process's
-resident-set high-water mark during the record (reset before each record where
-Linux allows, else the process peak so far). `--profile_dir` writes one JAX
+examples_per_sec / measured matmul peak (in `--compute_dtype`). ``peak_rss_bytes``
+is the process's resident-set high-water mark during the record (reset before each
+record where Linux allows, else the process peak so far). `--profile_dir` writes one JAX
 profiler trace per record (a few steps each); open it with TensorBoard's
 profile plugin or https://ui.perfetto.dev (see README). `--steps_per_call=K` times
 `jaxrec.train.step.make_multi_train_step` (K steps per jitted call, a `lax.scan`) in
@@ -200,14 +201,51 @@ def device_name() -> str:
   return f"{d.platform}:{d.device_kind}"
 
 
-def matmul_peak(seconds: float = 1.0) -> float:
-  """Best float32 matmul rate (FLOP/s) of the default device, n x n x n."""
+# CPU features that decide matmul speed (and whether bfloat16 pays), as /proc/cpuinfo names them.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def host_cpu(cpuinfo: str | None = None) -> dict:
+  """The host CPU: model name, usable logical CPUs and the `CPU_FEATURES` it has.
+
+  JAX names every CPU "cpu", and the same 2-core machine kind may be an AMD part
+  without AVX-512 one day and an Intel part with AMX the next, so records carry this.
+  `cpuinfo` is the text of /proc/cpuinfo (read when None; absent off Linux).
+  """
+  import platform
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, sep, value = line.partition(":")
+    if not sep:
+      if fields:  # a blank line ends the first processor's block
+        break
+      continue
+    fields.setdefault(key.strip(), value.strip())
+  flags_present = set(fields.get("flags", "").split())
+  try:
+    count = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    count = os.cpu_count() or 0
+  return {"model": fields.get("model name") or platform.processor() or "unknown",
+          "logical_cpus": count,
+          "features": [f for f in CPU_FEATURES if f in flags_present]}
+
+
+def matmul_peak(seconds: float = 1.0, dtype: str = "float32") -> float:
+  """Best matmul rate (FLOP/s) of the default device, n x n x n, inputs in `dtype`
+  (float32 accumulation)."""
   import jax
   import jax.numpy as jnp
   n = 1024 if jax.devices()[0].platform == "cpu" else 8192
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   best, reps, start = 0.0, 1, time.perf_counter()
   while time.perf_counter() - start < seconds:
@@ -419,11 +457,15 @@ def run(config: BenchConfig, log=print) -> list[dict]:
 
   os.makedirs(config.output_dir, exist_ok=True)
   device = device_name()
+  cpu = host_cpu()
   memory_allocator = allocator.current_allocator()
-  log(f"device {device}; jax {jax.__version__}; allocator {memory_allocator};"
-      f" loadavg {_loadavg()}")
-  peak = matmul_peak()
-  log(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+  log(f"device {device}; host {cpu['model']} ({cpu['logical_cpus']} CPUs;"
+      f" {' '.join(cpu['features']) or 'no listed features'}); jax {jax.__version__};"
+      f" allocator {memory_allocator}; loadavg {_loadavg()}")
+  # The peak is measured in the compute dtype: %peak of a bfloat16 run is against
+  # bfloat16 matmuls, which run 3-4x faster than float32 on CPUs with AMX.
+  peak = matmul_peak(dtype=config.compute_dtype)
+  log(f"{config.compute_dtype} matmul peak: {peak / 1e9:.1f} GFLOP/s")
   placement, num_devices = None, 1
   if config.mesh:  # batches split over the mesh; %peak is against peak x devices
     from jax.sharding import NamedSharding
@@ -484,6 +526,8 @@ def run(config: BenchConfig, log=print) -> list[dict]:
             runner.finish()
             record = _record(workload, variant, batch_size, tables, runner, result, peak,
                              num_devices, device, memory_allocator, config)
+            record.update(host_cpu=cpu["model"], host_cpu_count=cpu["logical_cpus"],
+                          host_cpu_features=cpu["features"])
             record["rss_peak_is_per_record"] = reset and not config.interleave
             records.append(record)
           if timed:
@@ -507,7 +551,8 @@ def _record(workload, variant, batch_size, tables, runner, result, peak, num_dev
       "fraction_of_peak": runner.flops_per_example * rate / (peak * num_devices),
       "device": device,
       "compute_dtype": config.compute_dtype, "compiles": result["compiles"],
-      "peak_flops_per_sec": peak, "steps_per_window": result["steps"] * runner.steps_per_call,
+      "peak_flops_per_sec": peak, "peak_dtype": config.compute_dtype,
+      "steps_per_window": result["steps"] * runner.steps_per_call,
       "steps_per_call": runner.steps_per_call,
       "window_examples_per_sec": rates, "interleaved": config.interleave,
       "loadavg": _loadavg(), "mesh": config.mesh or None, "num_devices": num_devices,

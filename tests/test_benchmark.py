@@ -27,10 +27,33 @@ def test_benchmark_writes_records_with_the_issue_keys(tmp_path):
     assert r["compiles"] == 1  # timed steps never recompile
     assert r["fraction_of_peak"] == pytest.approx(
         r["flops_per_example"] * r["examples_per_sec"] / r["peak_flops_per_sec"])
+    assert r["host_cpu"] == benchmark.host_cpu()["model"] and r["peak_dtype"] == "float32"
   inference = records[1]["flops_per_example"]
   assert inference == 972_064
   # Forward + backward: about 3x the forward matmuls (the dense input gets no gradient).
   assert 2.9 * inference < records[0]["flops_per_example"] < 3.0 * inference
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+model name\t: Some Other Name
+flags\t\t: fpu
+"""
+
+
+def test_host_cpu_reads_the_first_processor_and_the_listed_features():
+  cpu = benchmark.host_cpu(_CPUINFO)
+  assert cpu["model"] == "Intel(R) Xeon(R) Processor"
+  # In CPU_FEATURES order; amx_int8 and sse2 are not listed features.
+  assert cpu["features"] == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+  assert cpu["logical_cpus"] >= 1
+  zen3 = benchmark.host_cpu("model name : AMD EPYC 7B13\nflags : avx avx2 fma\n")
+  assert zen3["model"] == "AMD EPYC 7B13" and zen3["features"] == ["avx2", "fma"]
+  assert benchmark.host_cpu("")["features"] == []
 
 
 def test_synthetic_batches_are_deterministic_and_skewed():

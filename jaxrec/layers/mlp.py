@@ -4,15 +4,76 @@
 ``v [r, n]`` (kernel = u @ v). Which one is decided by the parameter tree it is
 applied to, so the same module applies to a dense tree and to one rewritten by
 a `jaxrec.factorize` transform; `rank` only chooses the structure at init.
+
+With a narrower compute ``dtype`` (bfloat16) a layer multiplies with
+`mixed_precision_matmul`: operands rounded to bfloat16, products accumulated and
+returned in float32, forward and backward, with float32 master weights.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
+
+try:  # jax >= 0.6
+  from jax.experimental.layout import Layout, with_layout_constraint
+except ImportError:  # pragma: no cover - older jax: the transpose stays a dot operand
+  Layout = with_layout_constraint = None
+
+
+def _row_major_transpose(x: jax.Array) -> jax.Array:
+  """xᵀ of a 2-D x, written out row-major on CPU.
+
+  XLA:CPU's bfloat16 matmuls run 3-4x slower when the left operand contracts over
+  its major dimension, as ``xᵀ g`` for a weight gradient does, and layout
+  assignment would otherwise fold the transpose into the dot. On other backends
+  (and in float32, where the copy costs more than it saves) it is a plain transpose.
+  """
+  if with_layout_constraint is None or jax.default_backend() != "cpu":
+    return x.T
+  return with_layout_constraint(x.T, Layout(major_to_minor=(0, 1)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_matmul(x: jax.Array, w: jax.Array, dtype: np.dtype) -> jax.Array:
+  return _mixed_matmul_fwd(x, w, dtype)[0]
+
+
+def _mixed_matmul_fwd(x, w, dtype):
+  x_low, w_low = x.astype(dtype), w.astype(dtype)
+  y = jnp.matmul(x_low, w_low, preferred_element_type=jnp.float32)
+  # The dtypes ride along as empty arrays (residuals must be arrays).
+  return y, (x_low, w_low, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+
+
+def _mixed_matmul_bwd(dtype, residuals, g):
+  x_low, w_low, x_like, w_like = residuals
+  g_low = g.astype(dtype)
+  d_x = jnp.matmul(g_low, w_low.T, preferred_element_type=jnp.float32)
+  d_w = jnp.matmul(_row_major_transpose(x_low), g_low, preferred_element_type=jnp.float32)
+  return d_x.astype(x_like.dtype), d_w.astype(w_like.dtype)
+
+
+_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def mixed_precision_matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+  """``x @ w`` ([..., m] @ [m, n]) with operands rounded to `dtype` and float32 accumulation.
+
+  Returns float32, and so do its gradients' accumulations (dx in x's dtype, dw in
+  w's): the products of the forward and of both backward matmuls are summed in
+  float32, only the operands are narrow. On CPUs with bfloat16 matrix units (AMX,
+  AVX512-BF16) XLA runs these matmuls 2-4x faster than float32 ones; a bfloat16
+  dot with a bfloat16 result takes a slow path there instead.
+  """
+  lead = x.shape[:-1]
+  y = _mixed_matmul(x.reshape(-1, x.shape[-1]), w, np.dtype(dtype))
+  return y.reshape(*lead, w.shape[-1])
 
 
 def dlrm_kernel_init(key, shape, dtype=jnp.float32):
@@ -43,7 +104,9 @@ class Dense(nn.Module):
     rank: factor rank used at init (None = full kernel). At apply time the
       structure follows the parameters given.
     use_bias: add a bias.
-    dtype: compute dtype (e.g. bfloat16); params stay float32.
+    dtype: compute dtype (e.g. bfloat16): the matmul operands are rounded to it
+      and accumulated in float32 (`mixed_precision_matmul`); params and the
+      output stay float32.
   """
 
   features: int
@@ -77,14 +140,16 @@ class Dense(nn.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     weights = self.weights(x.shape[-1])
-    dtype = self.dtype or x.dtype
-    x = x.astype(dtype)
-    if "u" in weights:  # (x u) v: cheaper than forming u v when r < m n / (m + n)
-      y = (x @ weights["u"].astype(dtype)) @ weights["v"].astype(dtype)
+    if self.dtype is not None and jnp.dtype(self.dtype) != jnp.float32:
+      matmul = functools.partial(mixed_precision_matmul, dtype=self.dtype)
     else:
-      y = x @ weights["kernel"].astype(dtype)
+      matmul = jnp.matmul
+    if "u" in weights:  # (x u) v: cheaper than forming u v when r < m n / (m + n)
+      y = matmul(matmul(x, weights["u"]), weights["v"])
+    else:
+      y = matmul(x, weights["kernel"])
     if "bias" in weights:
-      y = y + weights["bias"].astype(dtype)
+      y = y + weights["bias"].astype(y.dtype)
     return y
 
 
