@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
-from experiments.benchmark import table_sizes
+from experiments.benchmark import host_cpu, table_sizes
 
 FLAGS = flags.FLAGS
 
@@ -51,6 +51,7 @@ class VersusConfig:
   repeats: int = 3
   min_seconds: float = 3.0
   steps_per_call: int = 1
+  compute_dtype: str = "float32"  # jaxrec's MLP matmuls; the reference always runs float32
 
 
 def reference_command(config: VersusConfig) -> list[str]:
@@ -72,7 +73,7 @@ def benchmark_command(config: VersusConfig, output_dir: str) -> list[str]:
           "--models=dlrm", "--rank_fractions=1.0", f"--tables={config.tables}",
           f"--batch_sizes={config.batch_size}", "--workloads=train",
           f"--repeats={config.repeats}", f"--min_seconds={config.min_seconds}",
-          f"--steps_per_call={config.steps_per_call}"]
+          f"--steps_per_call={config.steps_per_call}", f"--compute_dtype={config.compute_dtype}"]
 
 
 def interval_ms(log: str) -> list[float]:
@@ -133,7 +134,7 @@ def compare(config: VersusConfig, reference: Callable[[VersusConfig], dict] = ru
     log(f"round {i + 1}: reference {round_['reference']['examples_per_sec']:,.0f} examples/s"
         f" ({round_['reference']['ms_per_it']:.1f} ms/it), jaxrec"
         f" {round_['jaxrec']['examples_per_sec']:,.0f}: {round_['ratio']:.2f}x")
-  return {"config": dataclasses.asdict(config), "per_round": rounds,
+  return {"config": dataclasses.asdict(config), "host_cpu": host_cpu(), "per_round": rounds,
           "summary": summarize(rounds)}
 
 
@@ -144,13 +145,16 @@ def main(argv):
       batch_size=FLAGS.batch_size, tables=FLAGS.tables, rounds=FLAGS.rounds,
       reference_batches=FLAGS.reference_batches,
       reference_print_freq=FLAGS.reference_print_freq, repeats=FLAGS.repeats,
-      min_seconds=FLAGS.min_seconds, steps_per_call=FLAGS.steps_per_call)
+      min_seconds=FLAGS.min_seconds, steps_per_call=FLAGS.steps_per_call,
+      compute_dtype=FLAGS.compute_dtype)
   try:
     result = compare(config)
   except (FileNotFoundError, RuntimeError) as e:  # a bad checkout or a failed run: one message
     sys.exit(f"versus_reference: {e}")
   s = result["summary"]
-  print(f"jaxrec / reference at batch {config.batch_size}, {config.tables} tables:"
+  dtype_note = ("" if config.compute_dtype == "float32" else
+                f" (jaxrec's MLPs in {config.compute_dtype}: not the reference's configuration)")
+  print(f"jaxrec / reference at batch {config.batch_size}, {config.tables} tables{dtype_note}:"
         f" median {s['median_ratio']:.2f}x over {s['rounds']} rounds"
         f" (range {s['min_ratio']:.2f}-{s['max_ratio']:.2f}x)")
   os.makedirs(FLAGS.output_dir, exist_ok=True)
@@ -175,6 +179,9 @@ def define_flags():
   flags.DEFINE_integer("repeats", 3, "The benchmark's --repeats.")
   flags.DEFINE_float("min_seconds", 3.0, "The benchmark's --min_seconds.")
   flags.DEFINE_integer("steps_per_call", 1, "The benchmark's --steps_per_call.")
+  flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
+                    "The benchmark's --compute_dtype (the reference's matmuls are float32, so"
+                    " only float32 compares like with like).")
   flags.DEFINE_string("output_dir", "runs/versus_reference", "Where versus_reference.json goes.")
   flags.mark_flag_as_required("reference_dir")
 

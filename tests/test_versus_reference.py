@@ -39,7 +39,7 @@ def test_commands_pin_the_benchmark_configuration():
   assert len(sizes) == 26 and sum(map(int, sizes)) == sum(vr.table_sizes("kaggle")) > 33_000_000
   ours = vr.benchmark_command(config, "/out")
   assert "--tables=kaggle" in ours and "--batch_sizes=128" in ours and "--models=dlrm" in ours
-  assert "--steps_per_call=1" in ours
+  assert "--steps_per_call=1" in ours and "--compute_dtype=float32" in ours
   with pytest.raises(ValueError, match="100k, kaggle"):
     vr.table_sizes("1tb")
 
