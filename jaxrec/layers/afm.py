@@ -31,6 +31,7 @@ from flax import linen as nn
 
 from jaxrec.layers.fusion import materialized, unrolled_matmul
 from jaxrec.layers.mlp import Dense, effective_kernel
+from jaxrec.layers.varying import vary_like
 
 
 def upper_pairs(num_fields: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,31 +95,13 @@ def _pair_products_bwd(fields, d_products):
 pair_products.defvjp(_pair_products_fwd, _pair_products_bwd)
 
 
-def _varying_axes(x: jax.Array) -> tuple:
-  """Mesh axes over which x varies inside shard_map (() outside it)."""
-  aval = jax.typeof(x)
-  if hasattr(aval, "mat"):  # jax >= 0.10
-    return tuple(aval.mat.varying)
-  return tuple(getattr(aval, "vma", ()))  # jax 0.6 - 0.9
-
-
-def _vary_like(w: jax.Array, x: jax.Array) -> jax.Array:
-  """w, marked as varying over the shard_map axes that x varies over and w does not."""
-  axes = tuple(a for a in _varying_axes(x) if a not in _varying_axes(w))
-  if not axes:
-    return w
-  if hasattr(jax.lax, "pcast"):
-    return jax.lax.pcast(w, axes, to="varying")
-  return jax.lax.pvary(w, axes)
-
-
 def attention_scores(products: jax.Array, kernel: jax.Array, bias: jax.Array,
                      h: jax.Array) -> jax.Array:
   """The attention network's scores hᵀ ReLU(Wᵀ x + b) for rows x: [N, k] -> [N] (float32)."""
   # Inside shard_map a custom VJP must return cotangents that vary over the same
   # mesh axes as its inputs: the (replicated) weights are cast to vary like the
   # rows, and JAX sums their gradients over the devices. A no-op elsewhere.
-  kernel, bias, h = (_vary_like(w, products) for w in (kernel, bias, h))
+  kernel, bias, h = (vary_like(w, products) for w in (kernel, bias, h))
   return _attention_scores(products, kernel, bias, h)
 
 

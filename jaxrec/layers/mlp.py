@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxrec.layers.varying import vary_like
+
 try:  # jax >= 0.6
   from jax.experimental.layout import Layout, with_layout_constraint
 except ImportError:  # pragma: no cover - older jax: the transpose stays a dot operand
@@ -72,7 +74,7 @@ def mixed_precision_matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
   dot with a bfloat16 result takes a slow path there instead.
   """
   lead = x.shape[:-1]
-  y = _mixed_matmul(x.reshape(-1, x.shape[-1]), w, np.dtype(dtype))
+  y = _mixed_matmul(x.reshape(-1, x.shape[-1]), vary_like(w, x), np.dtype(dtype))
   return y.reshape(*lead, w.shape[-1])
 
 
