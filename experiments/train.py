@@ -79,6 +79,9 @@ flags.DEFINE_integer("seed", 0, "Seed of init, data, split and dropout.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 = each epoch).")
 flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
 flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
+flags.DEFINE_integer("steps_per_call", 1,
+                     "Train steps per jitted call (a lax.scan over that many batches; the same"
+                     " updates, one dispatch: pays at small batches). Single device only.")
 flags.DEFINE_float("rank_fraction", 0.0,
                    "Low-rank factorization of the Dense layers at this parameter fraction p"
                    " (rank r < p*m*n/(m+n)); 0 = dense. Alone it implies --factorize=before.")
@@ -169,7 +172,7 @@ def config_from_flags():
       if not os.path.exists(path):
         raise FlagError(f"--data={FLAGS.data!r}: no such file or directory: {path}")
   for name in ("epochs", "batch_size", "eval_batch_size", "embedding_dim", "log_every",
-               "synthetic_rows", "min_frequency"):
+               "synthetic_rows", "min_frequency", "steps_per_call"):
     if getattr(FLAGS, name) < 1:
       raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 1")
   if FLAGS.max_rows_per_table == 1:
@@ -238,6 +241,8 @@ def config_from_flags():
   factorize = factorize_from_flags()
   if factorize is not None and mesh is not None:
     raise FlagError("--factorize / --rank_fraction train on one device: drop --mesh")
+  if FLAGS.steps_per_call > 1 and mesh is not None:
+    raise FlagError(f"--steps_per_call={FLAGS.steps_per_call} runs on one device: drop --mesh")
 
   data = DataConfig(source=FLAGS.data, synthetic_rows=FLAGS.synthetic_rows,
                     synthetic_max_vocab=FLAGS.synthetic_max_vocab or None,
@@ -262,7 +267,7 @@ def config_from_flags():
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
       checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, factorize=factorize, mesh=mesh,
-      on_nonfinite=FLAGS.on_nonfinite)
+      on_nonfinite=FLAGS.on_nonfinite, steps_per_call=FLAGS.steps_per_call)
 
 
 def factorize_from_flags():

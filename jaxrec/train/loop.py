@@ -9,12 +9,14 @@ orbax and resumes exactly, and writes ``config.json``, ``history.jsonl`` and
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -30,7 +32,7 @@ from jaxrec.train import factorize_phase, faults, run_dir, sparse
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.sharding import MeshConfig, place_batches
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
-                               make_predict, make_train_step)
+                               make_multi_train_step, make_predict, make_train_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,11 @@ class TrainConfig:
     on_nonfinite: a non-finite loss or gradient "stop"s training (NonFiniteError
       naming the step; the newest checkpoint is the last good one) or "skip"s
       the batch and counts it (metrics.json: skipped_nonfinite_batches).
+    steps_per_call: train steps per jitted call (`make_multi_train_step`, a
+      `lax.scan` over that many batches): the same updates with one dispatch,
+      which pays at small batches. Groups never straddle a log, eval,
+      checkpoint or epoch end (steps just before one run one per call). One
+      device only.
   """
 
   model: ModelConfig = ModelConfig()
@@ -80,6 +87,7 @@ class TrainConfig:
   mesh: MeshConfig | None = None
   factorize: FactorizeConfig | None = None
   on_nonfinite: str = "stop"
+  steps_per_call: int = 1
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -186,6 +194,32 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def _next_boundary(step: int, config: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
+  """The first step after `step` at which the loop logs, evaluates, saves, ends an epoch
+  or stops: a group of steps per call must end there or before."""
+  def next_multiple(n):
+    return (step // n + 1) * n
+
+  every = [config.log_every, steps_per_epoch, config.eval_every or steps_per_epoch]
+  if config.checkpoint_every >= 0:
+    every.append(config.checkpoint_every or steps_per_epoch)
+  return min([total_steps] + [next_multiple(n) for n in every if n > 0])
+
+
+@jax.jit
+def _stack_batches(batches: list[dict]) -> dict:
+  """K batches -> one batch with a leading K axis (one dispatch)."""
+  return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *batches)
+
+
+@jax.jit
+def _sum_steps(metrics: dict) -> dict:
+  """Stacked per-step metrics of one multi-step call -> one step's worth (sums; the
+  first skipped step is a min)."""
+  return {k: jnp.min(v) if k == "nonfinite_step" else jnp.sum(v, axis=0)
+          for k, v in metrics.items()}
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = False,
                        on_end: Callable[[CTRModel, dict, Any], None] | None = None,
                        on_event: Callable[[str, int], None] | None = None) -> dict:
@@ -235,10 +269,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       state, factorize_config = factorize_phase.at_init(model, state, factorize_config, dense_tx)
     train_step = make_train_step(model, dense_tx, table_opt, dropout_key,
                                  regularizer=regularizer)
+    multi_step = (make_multi_train_step(model, dense_tx, table_opt, dropout_key,
+                                        regularizer=regularizer)
+                  if config.steps_per_call > 1 else None)
     predict = make_predict(model)
   else:  # several devices; see jaxrec.train.sharded_step
     if config.on_nonfinite == "skip":
       raise ValueError("on_nonfinite='skip' needs the single-device step (it skips on device)")
+    if config.steps_per_call > 1:
+      raise ValueError("steps_per_call > 1 needs the single-device step (mesh=None)")
     from jaxrec.train.sharded_step import ShardedTraining
     sharded = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
                                        batch_size=config.batch_size, regularizer=regularizer)
@@ -292,29 +331,42 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       raise
 
   train_seconds, timed_examples, compile_seconds = 0.0, 0, 0.0
+  compiled = set()  # the step functions called so far: their first call compiles
   running, window_start, window_steps = None, time.perf_counter(), 0
   while step < total_steps:
     epoch, start_batch = divmod(step, steps_per_epoch)
-    batches = loader.prefetch_to_device(place_batches(loader.iterate_batches(
+    batches = iter(loader.prefetch_to_device(place_batches(loader.iterate_batches(
         splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-        start_batch=start_batch), batch_sharding), sharding=batch_sharding)
+        start_batch=start_batch), batch_sharding), sharding=batch_sharding))
     tic = time.perf_counter()
-    for batch in batches:
-      first = compile_seconds == 0.0
-      state, step_metrics = train_step(state, batch)
-      if first:  # the first call compiles: time it apart from throughput
+    while True:
+      room = _next_boundary(step, config, steps_per_epoch, total_steps) - step
+      count = config.steps_per_call if multi_step and room >= config.steps_per_call else 1
+      group = list(itertools.islice(batches, count))
+      if not group:
+        break
+      if len(group) == 1:
+        fn = train_step
+        state, step_metrics = train_step(state, group[0])
+      else:
+        fn = multi_step
+        state, step_metrics = multi_step(state, _stack_batches(group))
+        step_metrics = _sum_steps(step_metrics)
+      if fn not in compiled:  # the first call compiles: time it apart from throughput
+        compiled.add(fn)
         jax.block_until_ready(state.step)
-        compile_seconds = time.perf_counter() - tic
+        compile_seconds += time.perf_counter() - tic
         tic = time.perf_counter()
       else:
-        timed_examples += config.batch_size
-      monitor.update(step_metrics, step + 1)
+        timed_examples += len(group) * config.batch_size
+      monitor.update(step_metrics, step + len(group))
       loss_sums = {k: step_metrics[k] for k in ("loss_sum", "weight_sum")}
       running = loss_sums if running is None else jax.tree_util.tree_map(
           lambda a, b: a + b, running, loss_sums)  # on device, no sync
-      step += 1
-      window_steps += 1
-      on_event("step", step)
+      for _ in group:
+        step += 1
+        on_event("step", step)
+      window_steps += len(group)
       end_of_epoch = step % steps_per_epoch == 0
       if step % config.log_every == 0 or step == total_steps:
         check_finite()
