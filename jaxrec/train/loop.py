@@ -345,14 +345,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       group = list(itertools.islice(batches, count))
       if not group:
         break
-      if len(group) == 1:
-        fn = train_step
+      fn = train_step if len(group) == 1 else multi_step
+      first = fn not in compiled  # its first call compiles: timed apart from throughput
+      if first:
+        jax.block_until_ready(state.step)
+        train_seconds += time.perf_counter() - tic
+        tic = time.perf_counter()
+      if fn is train_step:
         state, step_metrics = train_step(state, group[0])
       else:
-        fn = multi_step
         state, step_metrics = multi_step(state, _stack_batches(group))
         step_metrics = _sum_steps(step_metrics)
-      if fn not in compiled:  # the first call compiles: time it apart from throughput
+      if first:
         compiled.add(fn)
         jax.block_until_ready(state.step)
         compile_seconds += time.perf_counter() - tic
