@@ -95,3 +95,17 @@ def test_mlp_output_is_float32():
   x = jnp.ones((2, 5))
   mlp = MLP((4, 3), dtype=jnp.bfloat16)
   assert mlp.apply(mlp.init(jax.random.key(0), x), x).dtype == jnp.float32
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the row-major xᵀ is CPU-only")
+def test_bfloat16_weight_gradient_contracts_over_the_minor_dimension_on_cpu():
+  # XLA:CPU's bf16 matmul is 3-4x slower when its left operand contracts over its major
+  # dimension (xᵀ g with x [batch, m] as laid out); the layout constraint writes xᵀ
+  # out row-major so the weight-gradient dot contracts over the minor one.
+  def weight_grad(x, w):
+    return jax.grad(lambda w: jnp.sum(mixed_precision_matmul(x, w, jnp.bfloat16)))(w)
+
+  x, w = jnp.ones((64, 32)), jnp.ones((32, 8))
+  hlo = jax.jit(weight_grad).lower(x, w).compile().as_text()
+  dots = [line for line in hlo.splitlines() if " dot(" in line and "f32[32,8]" in line]
+  assert dots and all("lhs_contracting_dims={1}" in line for line in dots), dots

@@ -22,10 +22,11 @@ from flax import linen as nn
 
 from jaxrec.layers.varying import vary_like
 
-try:  # jax >= 0.6
+try:  # jax >= 0.7 (earlier releases name their layout classes differently)
   from jax.experimental.layout import Layout, with_layout_constraint
-except ImportError:  # pragma: no cover - older jax: the transpose stays a dot operand
-  Layout = with_layout_constraint = None
+  _ROW_MAJOR_2D = Layout(major_to_minor=(0, 1))
+except (ImportError, TypeError):  # pragma: no cover - the transpose stays a dot operand
+  with_layout_constraint = _ROW_MAJOR_2D = None
 
 
 def _row_major_transpose(x: jax.Array) -> jax.Array:
@@ -36,9 +37,9 @@ def _row_major_transpose(x: jax.Array) -> jax.Array:
   assignment would otherwise fold the transpose into the dot. On other backends
   (and in float32, where the copy costs more than it saves) it is a plain transpose.
   """
-  if with_layout_constraint is None or jax.default_backend() != "cpu":
+  if _ROW_MAJOR_2D is None or jax.default_backend() != "cpu":
     return x.T
-  return with_layout_constraint(x.T, Layout(major_to_minor=(0, 1)))
+  return with_layout_constraint(x.T, _ROW_MAJOR_2D)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
