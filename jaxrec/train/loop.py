@@ -283,6 +283,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                                        batch_size=config.batch_size, regularizer=regularizer)
     logging.info("%s", sharded.memory_report())  # before anything is allocated
     state, train_step, predict = sharded.init_state(init_key), sharded.train_step, sharded.predict
+    multi_step = None
     batch_sharding, eval_batch_size = sharded.batch_sharding, sharded.round_batch(eval_batch_size)
   resizable = ("tables", "table_opt_state")  # checkpoints from any mesh (padded rows)
 
