@@ -208,8 +208,8 @@ CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_til
 def host_cpu(cpuinfo: str | None = None) -> dict:
   """The host CPU: model name, usable logical CPUs and the `CPU_FEATURES` it has.
 
-  JAX names every CPU "cpu", and the same 2-core machine kind may be an AMD part
-  without AVX-512 one day and an Intel part with AMX the next, so records carry this.
+  JAX names every CPU "cpu", while machines of one kind may differ in exactly what
+  decides matmul speed (AVX-512, bfloat16 units), so records carry this.
   `cpuinfo` is the text of /proc/cpuinfo (read when None; absent off Linux).
   """
   import platform

@@ -70,9 +70,9 @@ def mixed_precision_matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
 
   Returns float32, and so do its gradients' accumulations (dx in x's dtype, dw in
   w's): the products of the forward and of both backward matmuls are summed in
-  float32, only the operands are narrow. On CPUs with bfloat16 matrix units (AMX,
-  AVX512-BF16) XLA runs these matmuls 2-4x faster than float32 ones; a bfloat16
-  dot with a bfloat16 result takes a slow path there instead.
+  float32, only the operands are narrow. On a CPU with AMX, XLA ran these matmuls
+  2.5-4x faster than float32 ones, while a bfloat16 dot with a bfloat16 result took
+  a slow path (no faster than float32).
   """
   lead = x.shape[:-1]
   y = _mixed_matmul(x.reshape(-1, x.shape[-1]), vary_like(w, x), np.dtype(dtype))
