@@ -30,7 +30,9 @@ record where Linux allows, else the process peak so far). `--profile_dir` writes
 profiler trace per record (a few steps each); open it with TensorBoard's
 profile plugin or https://ui.perfetto.dev (see README). `--steps_per_call=K` times
 `jaxrec.train.step.make_multi_train_step` (K steps per jitted call, a `lax.scan`) in
-place of one step per call; records say `steps_per_call`.
+place of one step per call; records say `steps_per_call`. ``cpu_kernels`` says
+whether the pairwise layers ran as the fused C++ kernels of `jaxrec.kernels.cpu`
+(the default on a CPU backend; `--cpu_kernels=false` times their XLA formulation).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_batches", 8, "Distinct pre-generated batches cycled through.")
   flags.DEFINE_integer("steps_per_call", 1, "Training steps per jitted call (a lax.scan over"
                        " that many batches: one dispatch for several steps).")
+  flags.DEFINE_bool("cpu_kernels", True, "On a CPU backend, run the pairwise layers (dot"
+                    " interaction, AFM attention) as fused C++ kernels (jaxrec.kernels.cpu);"
+                    " false = their XLA formulation.")
   flags.DEFINE_float("zipf_exponent", 1.1, "Skew of the synthetic ids.")
   flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and of init.")
   flags.DEFINE_string("mesh", "", "Time the sharded steps on a device mesh 'data:N,model:M'"
@@ -112,6 +117,7 @@ class BenchConfig:
   repeats: int = 3
   num_batches: int = 8
   steps_per_call: int = 1
+  cpu_kernels: bool = True
   zipf_exponent: float = 1.1
   seed: int = 0
   profile_dir: str | None = None
@@ -155,7 +161,7 @@ def config_from_flags() -> BenchConfig:
       batch_sizes=batch_sizes, tables=tuple(FLAGS.tables), workloads=tuple(FLAGS.workloads),
       compute_dtype=FLAGS.compute_dtype, min_seconds=FLAGS.min_seconds, repeats=FLAGS.repeats,
       num_batches=FLAGS.num_batches, steps_per_call=FLAGS.steps_per_call,
-      zipf_exponent=FLAGS.zipf_exponent, seed=FLAGS.seed,
+      cpu_kernels=FLAGS.cpu_kernels, zipf_exponent=FLAGS.zipf_exponent, seed=FLAGS.seed,
       profile_dir=FLAGS.profile_dir, mesh=FLAGS.mesh, interleave=FLAGS.interleave)
   if FLAGS.quick:  # flags given explicitly still win over the quick defaults
     quick = {"tables": ("100k",), "batch_sizes": (128, 2048), "models": ("dlrm", "afm"),
@@ -453,15 +459,19 @@ def run(config: BenchConfig, log=print) -> list[dict]:
   """Runs the suite; returns the records (also written to output_dir/benchmark.json)."""
   import jax
   from jaxrec import allocator
+  from jaxrec.kernels import cpu as cpu_kernels
   from jaxrec.train import profiling
 
   os.makedirs(config.output_dir, exist_ok=True)
   device = device_name()
   cpu = host_cpu()
   memory_allocator = allocator.current_allocator()
+  cpu_kernels.set_enabled(config.cpu_kernels)
+  kernels = cpu_kernels.use_kernels()
   log(f"device {device}; host {cpu['model']} ({cpu['logical_cpus']} CPUs;"
       f" {' '.join(cpu['features']) or 'no listed features'}); jax {jax.__version__};"
-      f" allocator {memory_allocator}; loadavg {_loadavg()}")
+      f" allocator {memory_allocator}; fused CPU kernels {'on' if kernels else 'off'};"
+      f" loadavg {_loadavg()}")
   # The peak is measured in the compute dtype: %peak of a bfloat16 run is against
   # bfloat16 matmuls, which run 3-4x faster than float32 on CPUs with AMX.
   peak = matmul_peak(dtype=config.compute_dtype)
@@ -541,6 +551,7 @@ def run(config: BenchConfig, log=print) -> list[dict]:
 
 def _record(workload, variant, batch_size, tables, runner, result, peak, num_devices, device,
             memory_allocator, config) -> dict:
+  from jaxrec.kernels import cpu as cpu_kernels
   rates = [result["steps"] * runner.steps_per_call * batch_size / w for w in result["windows"]]
   rate = statistics.median(rates)
   return {
@@ -556,7 +567,7 @@ def _record(workload, variant, batch_size, tables, runner, result, peak, num_dev
       "steps_per_call": runner.steps_per_call,
       "window_examples_per_sec": rates, "interleaved": config.interleave,
       "loadavg": _loadavg(), "mesh": config.mesh or None, "num_devices": num_devices,
-      "allocator": memory_allocator,
+      "allocator": memory_allocator, "cpu_kernels": cpu_kernels.use_kernels(),
   }
 
 

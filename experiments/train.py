@@ -64,6 +64,9 @@ flags.DEFINE_string("top_mlp", "512-256-1", "Top MLP layer sizes, dash-separated
 flags.DEFINE_enum("interaction", "dot", ["dot", "cat"], "DLRM feature interaction.")
 flags.DEFINE_bool("interaction_itself", False, "Include self dot products (reference option).")
 flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
+flags.DEFINE_bool("cpu_kernels", True, "On a CPU backend, run the pairwise layers (dot"
+                  " interaction, AFM attention) as fused C++ kernels (jaxrec.kernels.cpu);"
+                  " false = their XLA formulation.")
 flags.DEFINE_integer("attention_factor", 16, "AFM attention network size t (afm, afm_classic).")
 flags.DEFINE_float("dropout", 0.5, "Dropout on the AFM/FM pooled pairwise layer (afm, afm_classic, fm).")
 flags.DEFINE_float("attention_l2", 0.0, "L2 weight on the AFM attention kernel W (0 = off).")
@@ -381,6 +384,8 @@ def main(argv):
   from jaxrec.train.faults import NonFiniteError
   from jaxrec.train.loop import ResumeError, train_and_evaluate
   from jaxrec.train.sharding import MeshError
+  from jaxrec.kernels import cpu as cpu_kernels
+  cpu_kernels.set_enabled(FLAGS.cpu_kernels)
   on_end = None
   if FLAGS.attention_heatmap:
     from experiments.attention_heatmap import write_attention_report

@@ -51,6 +51,7 @@ class VersusConfig:
   repeats: int = 3
   min_seconds: float = 3.0
   steps_per_call: int = 1
+  cpu_kernels: bool = True
   compute_dtype: str = "float32"  # jaxrec's MLP matmuls; the reference always runs float32
 
 
@@ -73,7 +74,8 @@ def benchmark_command(config: VersusConfig, output_dir: str) -> list[str]:
           "--models=dlrm", "--rank_fractions=1.0", f"--tables={config.tables}",
           f"--batch_sizes={config.batch_size}", "--workloads=train",
           f"--repeats={config.repeats}", f"--min_seconds={config.min_seconds}",
-          f"--steps_per_call={config.steps_per_call}", f"--compute_dtype={config.compute_dtype}"]
+          f"--steps_per_call={config.steps_per_call}", f"--compute_dtype={config.compute_dtype}",
+          f"--cpu_kernels={str(config.cpu_kernels).lower()}"]
 
 
 def interval_ms(log: str) -> list[float]:
@@ -146,7 +148,7 @@ def main(argv):
       reference_batches=FLAGS.reference_batches,
       reference_print_freq=FLAGS.reference_print_freq, repeats=FLAGS.repeats,
       min_seconds=FLAGS.min_seconds, steps_per_call=FLAGS.steps_per_call,
-      compute_dtype=FLAGS.compute_dtype)
+      compute_dtype=FLAGS.compute_dtype, cpu_kernels=FLAGS.cpu_kernels)
   try:
     result = compare(config)
   except (FileNotFoundError, RuntimeError) as e:  # a bad checkout or a failed run: one message
@@ -182,6 +184,7 @@ def define_flags():
   flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                     "The benchmark's --compute_dtype (the reference's matmuls are float32, so"
                     " only float32 compares like with like).")
+  flags.DEFINE_bool("cpu_kernels", True, "The benchmark's --cpu_kernels.")
   flags.DEFINE_string("output_dir", "runs/versus_reference", "Where versus_reference.json goes.")
   flags.mark_flag_as_required("reference_dir")
 

@@ -22,6 +22,7 @@ The attention weights are sown as ``intermediates/.../attention_weights`` [B, P]
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxrec.kernels import cpu as cpu_kernels
 from jaxrec.layers.fusion import materialized, unrolled_matmul
 from jaxrec.layers.mlp import Dense, effective_kernel
 from jaxrec.layers.varying import vary_like
@@ -147,31 +149,79 @@ def _attention_scores_bwd(residuals, d_scores):
 _attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
 
 
+def pair_scores(fields: jax.Array, kernel: jax.Array, bias: jax.Array, h: jax.Array,
+                dtype: jnp.dtype | None = None) -> jax.Array:
+  """Attention scores hᵀ ReLU(Wᵀ(v_i ⊙ v_j) + b) of all pairs i < j: [B, F, k] -> [B, P].
+
+  On a CPU backend with float32 inputs this is one fused C++ kernel per direction
+  (`jaxrec.kernels.cpu`: each example's pair products and hidden layer stay in
+  registers; the backward recomputes them); otherwise the [B·P, k] pair products
+  are materialised and scored by `attention_scores`.
+  """
+  if (cpu_kernels.use_kernels() and jnp.dtype(dtype or fields.dtype) == jnp.float32
+      and bias.dtype == h.dtype == jnp.float32
+      and cpu_kernels.afm_scores_supported(fields, kernel)):
+    kernel, bias, h = (vary_like(w, fields) for w in (kernel, bias, h))
+    return _fused_pair_scores(fields, kernel, bias, h)
+  products = pair_products(fields)  # [B, P, k]
+  b, p, k = products.shape
+  # One 2-D op over all (example, pair) rows.
+  return attention_scores(products.reshape(b * p, k).astype(dtype or products.dtype),
+                          kernel, bias, h).reshape(b, p)
+
+
+@jax.custom_vjp
+def _fused_pair_scores(fields, kernel, bias, h):
+  return cpu_kernels.afm_scores_forward(fields, kernel, bias, h)
+
+
+def _fused_pair_scores_fwd(fields, kernel, bias, h):
+  return cpu_kernels.afm_scores_forward(fields, kernel, bias, h), (fields, kernel, bias, h)
+
+
+def _fused_pair_scores_bwd(residuals, d_scores):
+  return cpu_kernels.afm_scores_backward(*residuals, d_scores.astype(jnp.float32))
+
+
+_fused_pair_scores.defvjp(_fused_pair_scores_fwd, _fused_pair_scores_bwd)
+
+
 def _weight_matrix(weights: jax.Array, num_fields: int, symmetric: bool = False) -> jax.Array:
   """[B, P] pair weights -> [B, F, F]: A_ij = a_ij for i < j and 0 elsewhere, or A + Aᵀ."""
   cells = _pair_maps(num_fields)[0 if symmetric else 1]
   return _with_zero_slot(weights)[:, cells.reshape(-1)].reshape(-1, num_fields, num_fields)
 
 
-@jax.custom_vjp
 def weighted_pair_sum(weights: jax.Array, fields: jax.Array) -> jax.Array:
   """Σ_{i<j} a_ij (v_i ⊙ v_j): [B, P] weights, [B, F, k] fields -> [B, k].
 
-  Computed as Σ_i v_i ⊙ (A v)_i with the upper-triangular weight matrix A, one
-  small batched matmul, so the [B, P, k] products are never read; the VJP
-  likewise: da_ij = gᵀ(v_i ⊙ v_j) from the Gram matrix of (g ⊙ v) and v, and
-  dv = g ⊙ (A + Aᵀ) v.
+  On a CPU backend with float32 inputs, a fused kernel per direction
+  (`jaxrec.kernels.cpu`). Otherwise computed as Σ_i v_i ⊙ (A v)_i with the
+  upper-triangular weight matrix A, one small batched matmul, so the [B, P, k]
+  products are never read; the VJP likewise: da_ij = gᵀ(v_i ⊙ v_j) from the Gram
+  matrix of (g ⊙ v) and v, and dv = g ⊙ (A + Aᵀ) v.
   """
+  # Decided outside the custom VJP, so that the choice is part of its trace key.
+  use_kernel = cpu_kernels.use_kernels() and cpu_kernels.weighted_sum_supported(weights, fields)
+  return _weighted_pair_sum(weights, fields, use_kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _weighted_pair_sum(weights, fields, use_kernel):
+  if use_kernel:
+    return cpu_kernels.afm_weighted_sum_forward(weights, fields)
   a = _weight_matrix(weights, fields.shape[1])
   return jnp.sum(fields * jnp.einsum("bij,bjk->bik", a, fields), axis=1)
 
 
-def _weighted_pair_sum_fwd(weights, fields):
-  return weighted_pair_sum(weights, fields), (weights, fields)
+def _weighted_pair_sum_fwd(weights, fields, use_kernel):
+  return _weighted_pair_sum(weights, fields, use_kernel), (weights, fields)
 
 
-def _weighted_pair_sum_bwd(residuals, g):
+def _weighted_pair_sum_bwd(use_kernel, residuals, g):
   weights, fields = residuals
+  if use_kernel:
+    return cpu_kernels.afm_weighted_sum_backward(weights, fields, g.astype(jnp.float32))
   batch, num_fields, _ = fields.shape
   i, j = upper_pairs(num_fields)
   gram = jnp.einsum("bik,bjk->bij", fields * g[:, None, :], fields)
@@ -181,7 +231,7 @@ def _weighted_pair_sum_bwd(residuals, g):
   return d_weights.astype(weights.dtype), d_fields.astype(fields.dtype)
 
 
-weighted_pair_sum.defvjp(_weighted_pair_sum_fwd, _weighted_pair_sum_bwd)
+_weighted_pair_sum.defvjp(_weighted_pair_sum_fwd, _weighted_pair_sum_bwd)
 
 
 def fm_pooled(fields: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -228,11 +278,7 @@ def attention_pool(fields: jax.Array, kernel: jax.Array, bias: jax.Array, h: jax
 
   Returns the pooled vectors [B, k] and the attention weights [B, P].
   """
-  products = pair_products(fields)  # [B, P, k]
-  b, p, k = products.shape
-  # One 2-D op over all (example, pair) rows.
-  scores = attention_scores(products.reshape(b * p, k).astype(dtype or products.dtype),
-                            kernel, bias, h).reshape(b, p)
+  scores = pair_scores(fields, kernel, bias, h, dtype)
   weights = masked_softmax(scores, pair_mask)
   return weighted_pair_sum(weights, fields.astype(jnp.float32)), weights
 

@@ -4,6 +4,11 @@ Both take the bottom-MLP output ``x [B, d]`` and field embeddings
 ``fields [B, F, d]`` and return the top MLP's input. Pairs are vectorised: one
 batched matmul and one static gather, no Python loop over the F(F+1)/2 pairs.
 
+On a CPU backend, float32 inputs go to a fused C++ kernel
+(`jaxrec.kernels.cpu`; the Gram rows of each example computed in registers,
+3-4x faster than XLA:CPU's batched 27x27 matmuls at batch 2048); elsewhere, and
+where the kernel is unavailable, the XLA formulation below runs.
+
 The dot interaction has a hand-written VJP. Autodiff of the static gather is a
 scatter-add into a zero-filled ``[B, n*n]`` buffer, which on CPU cost more than
 the Gram matmul itself; here the symmetric cotangent of the Gram matrix is one
@@ -20,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from jaxrec.kernels import cpu as cpu_kernels
 
 
 def pair_indices(num_vectors: int, self_interaction: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -38,13 +45,22 @@ def _symmetric_map(num_vectors: int, self_interaction: bool) -> np.ndarray:
   return cells.reshape(-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def dot_interaction(x: jax.Array, fields: jax.Array, self_interaction: bool = False) -> jax.Array:
   """[x, <t_i, t_j> for pairs of t = (x, fields...)] -> [B, d + P].
 
-  With 26 fields and self_interaction False, P = 27 * 26 / 2 = 351. One
-  batched Gram matmul, then one gather that also places x (no separate concat).
+  With 26 fields and self_interaction False, P = 27 * 26 / 2 = 351. On a CPU
+  backend the fused kernel; otherwise one batched Gram matmul, then the lower
+  triangle's row slices.
   """
+  # Decided here, outside the custom VJP, so that the choice is part of its trace key.
+  use_kernel = cpu_kernels.use_kernels() and cpu_kernels.dot_interaction_supported(x, fields)
+  return _dot_interaction(x, fields, self_interaction, use_kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dot_interaction(x, fields, self_interaction, use_kernel):
+  if use_kernel:
+    return cpu_kernels.dot_interaction_forward(x, fields, self_interaction)
   t = jnp.concatenate([x[:, None, :], fields.astype(x.dtype)], axis=1)  # [B, n, d]
   gram = jnp.einsum("bid,bjd->bij", t, t)
   # The lower triangle as row slices (i ascending, j < i): a row-major copy. A gather
@@ -55,12 +71,14 @@ def dot_interaction(x: jax.Array, fields: jax.Array, self_interaction: bool = Fa
   return jnp.concatenate([x, *rows], axis=1)
 
 
-def _dot_fwd(x, fields, self_interaction):
-  return dot_interaction(x, fields, self_interaction), (x, fields)
+def _dot_fwd(x, fields, self_interaction, use_kernel):
+  return _dot_interaction(x, fields, self_interaction, use_kernel), (x, fields)
 
 
-def _dot_bwd(self_interaction, residuals, g):
+def _dot_bwd(self_interaction, use_kernel, residuals, g):
   x, fields = residuals
+  if use_kernel:
+    return cpu_kernels.dot_interaction_backward(x, fields, g.astype(x.dtype), self_interaction)
   batch, dim = x.shape
   t = jnp.concatenate([x[:, None, :], fields.astype(x.dtype)], axis=1)
   n = t.shape[1]
@@ -75,7 +93,7 @@ def _dot_bwd(self_interaction, residuals, g):
   return g[:, :dim] + dt[:, 0], dt[:, 1:].astype(fields.dtype)
 
 
-dot_interaction.defvjp(_dot_fwd, _dot_bwd)
+_dot_interaction.defvjp(_dot_fwd, _dot_bwd)
 
 
 def cat_interaction(x: jax.Array, fields: jax.Array) -> jax.Array:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.kernels import cpu as cpu_kernels
 from jaxrec.serving import artifact
 from jaxrec.train.run_dir import Run
 
@@ -43,10 +44,13 @@ def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
 
   batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
   weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
-  exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
-      weight_specs,
-      jax.ShapeDtypeStruct((batch, model.num_dense), jnp.float32),
-      jax.ShapeDtypeStruct((batch, model.layout.num_fields), jnp.int32))
+  # Artifacts hold only standard ops: the fused CPU kernels are process-local
+  # custom calls that a loader elsewhere would not have.
+  with cpu_kernels.disabled():
+    exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
+        weight_specs,
+        jax.ShapeDtypeStruct((batch, model.num_dense), jnp.float32),
+        jax.ShapeDtypeStruct((batch, model.layout.num_fields), jnp.int32))
   return exported, leaves
 
 

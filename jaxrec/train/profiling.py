@@ -6,7 +6,8 @@
   jaxpr of ``fn(*args)`` (sub-jaxprs included). For a train step this counts
   the forward and backward matmuls actually traced; elementwise work is not
   counted, as in the usual "model FLOPs" figures. The CPU-shaped ops of
-  `jaxrec.layers.fusion` count as the matmuls they stand for (or none).
+  `jaxrec.layers.fusion` and the fused kernels of `jaxrec.kernels.cpu` count as
+  the matmuls they stand for (or none).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterator
 import jax
 from jax.extend import core as jex_core
 
+from jaxrec.kernels import cpu as cpu_kernels
 from jaxrec.layers import fusion
 
 # Recorded by JAX once per XLA compilation (not on cache hits).
@@ -66,6 +68,10 @@ def _jaxpr_flops(jaxpr) -> int:
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
       total += _dot_flops(eqn)
+    if eqn.primitive.name == "ffi_call" and eqn.params["target_name"] in cpu_kernels.MATMUL_FLOPS:
+      total += cpu_kernels.MATMUL_FLOPS[eqn.params["target_name"]](
+          [v.aval.shape for v in eqn.invars], [v.aval.shape for v in eqn.outvars])
+      continue
     rule = (fusion.MATMUL_FLOPS.get(eqn.params.get("name"))
             if eqn.primitive.name in ("jit", "pjit") else None)
     if rule is not None:

@@ -1,0 +1,1 @@
+"""Native kernels called from XLA (see cpu.py)."""
