@@ -6,6 +6,11 @@ path for more than 32 fields) and batch sizes that do not fill the kernels'
 64-example chunks.
 """
 
+import os
+import platform
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,3 +179,18 @@ def test_matmul_flops_count_kernels_as_their_matmuls():
 def test_build_failure_is_reported(tmp_path):
   with pytest.raises(RuntimeError, match="no C\\+\\+ compiler|failed"):
     cpu_kernels.build(compiler="/bin/false", cache_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 only")
+def test_kernels_need_avx512(tmp_path):
+  """Built for AVX2 (16-lane vectors split in two, slower than XLA) they stay unused."""
+  code = (
+      "import logging, sys\n"
+      "import jaxrec.kernels.cpu as c\n"
+      "c.COMPILE_FLAGS = tuple('-march=x86-64-v3' if f == '-march=native' else f"
+      " for f in c.COMPILE_FLAGS)\n"
+      "sys.exit(0 if c.available() is False and c.use_kernels() is False else 1)\n")
+  env = dict(os.environ, JAXREC_KERNEL_CACHE=str(tmp_path))
+  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert any(name.endswith(".so") for name in os.listdir(tmp_path))  # it was built

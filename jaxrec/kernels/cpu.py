@@ -1,7 +1,7 @@
 """Fused CPU kernels for the pairwise layers, as XLA FFI custom calls.
 
 `interactions.cc` holds per-example kernels for DLRM's dot interaction and AFM's
-attention pooling (forward and backward). XLA:CPU runs these layers as batched
+pair scores and attention-weighted pair sum (each forward and backward). XLA:CPU runs these layers as batched
 tiny matmuls and element-wise passes over [B·P, k] tensors at memory speed; the
 kernels keep each example's pair work in registers and L1.
 
@@ -11,7 +11,9 @@ On first use the source is compiled with the system C++ compiler (``$CXX``, else
 the source, the compiler, the flags, the host CPU and jaxlib, and the handlers are
 registered with XLA for the CPU platform. Where that cannot happen (no compiler, a
 build error, ``JAXREC_CPU_KERNELS=0``) `available()` is False, one warning is
-logged, and the layers use their XLA formulation, which GPUs always use.
+logged, and the layers use their XLA formulation, which GPUs always use. The
+kernels are written for 16-lane float vectors and are used only on CPUs with
+AVX-512 (built for AVX2 they were slower than XLA).
 
 Layers call `use_kernels()` at trace time: True on a CPU default backend with the
 kernels built and not switched off, process-wide by `set_enabled(False)` or per
@@ -28,6 +30,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -43,6 +46,9 @@ SOURCE = os.path.join(os.path.dirname(__file__), "interactions.cc")
 ENABLE_ENV = "JAXREC_CPU_KERNELS"  # "0" turns the kernels off
 CACHE_ENV = "JAXREC_KERNEL_CACHE"
 COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+# The kernels use 16-lane float vectors; built for narrower ones (AVX2: GCC splits
+# them) they ran 3-10x slower than XLA here, so they are used only with AVX-512.
+REQUIRED_VECTOR_BITS = 512
 
 # FFI target name -> exported handler symbol in interactions.cc.
 TARGETS = {
@@ -55,10 +61,8 @@ TARGETS = {
 }
 # Compile-time widths instantiated in interactions.cc (JAXREC_FOR_*WIDTHS).
 DOT_WIDTHS = frozenset({4, 8, 16, 32, 64, 128})
-DOT_MAX_VECTORS = 512
 WEIGHTED_SUM_WIDTHS = frozenset({4, 8, 16, 32, 64})
 AFM_WIDTHS = frozenset({(8, 8), (8, 16), (16, 8), (16, 16), (16, 32), (32, 16), (32, 32)})
-
 
 
 def _dot_gram_flops(in_shapes, out_shapes) -> int:
@@ -112,7 +116,6 @@ def _host_cpu_key() -> str:
       lines = [line for line in f if line.startswith(("model name", "flags"))]
     return "".join(sorted(set(lines)))
   except OSError:
-    import platform
     return platform.processor() + platform.machine()
 
 
@@ -169,6 +172,11 @@ def available() -> bool:
   with _lock:
     try:
       library = ctypes.cdll.LoadLibrary(build())
+      bits = library.JaxrecVectorBits()
+      if bits < REQUIRED_VECTOR_BITS:
+        logging.info("jaxrec CPU kernels need AVX-512 (this build targets %d-bit vectors);"
+                     " using the XLA formulation", bits)
+        return False
       for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                     platform="cpu")
@@ -207,7 +215,7 @@ def use_kernels() -> bool:
 
 def dot_interaction_supported(x: jax.Array, fields: jax.Array) -> bool:
   return (x.dtype == np.float32 and fields.dtype == np.float32 and fields.ndim == 3
-          and fields.shape[2] in DOT_WIDTHS and fields.shape[1] + 1 <= DOT_MAX_VECTORS)
+          and fields.shape[2] in DOT_WIDTHS)
 
 
 def afm_scores_supported(fields: jax.Array, kernel: jax.Array) -> bool:

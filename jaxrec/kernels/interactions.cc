@@ -4,7 +4,7 @@
 // 351 pair products per example through a 16x16 attention network) as batched
 // tiny matmuls and element-wise passes over [B*P, k] tensors at memory speed.
 // Here each example's pair work stays in registers and L1, vectorised across
-// pairs (16 per vector) with GCC/Clang vector extensions, and the batch is split
+// pairs (16 per vector) with GCC vector extensions, and the batch is split
 // over XLA's intra-op thread pool.
 //
 // Kernels:
@@ -556,6 +556,20 @@ ffi::Error WeightedSumBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w
 }
 
 }  // namespace
+
+// The vector width this build targets. The kernels are written for 16-lane float
+// vectors: without AVX-512, GCC splits them and they ran 3-10x slower than XLA
+// (measured with -march=x86-64-v3), so jaxrec/kernels/cpu.py uses them only when
+// this says 512.
+extern "C" int32_t JaxrecVectorBits() {
+#if defined(__AVX512F__)
+  return 512;
+#elif defined(__AVX2__)
+  return 256;
+#else
+  return 128;
+#endif
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxrecDotInteractionForward, DotForwardImpl,
                               ffi::Ffi::Bind()
