@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -101,6 +100,7 @@ MATMUL_FLOPS = {
 
 _state = threading.local()
 _lock = threading.Lock()
+_available: bool | None = None  # decided by the first `available()` call
 
 
 def _compiler() -> str | None:
@@ -164,25 +164,31 @@ def build(compiler: str | None = None, cache_dir: str | None = None) -> str:
   return path
 
 
-@functools.lru_cache(maxsize=None)
 def available() -> bool:
   """Builds and registers the kernels once per process; False (with a warning) if impossible."""
+  global _available
+  with _lock:  # one build and one registration, also when threads trace at once
+    if _available is None:
+      _available = _load()
+    return _available
+
+
+def _load() -> bool:
   if os.environ.get(ENABLE_ENV, "1") == "0":
     return False
-  with _lock:
-    try:
-      library = ctypes.cdll.LoadLibrary(build())
-      bits = library.JaxrecVectorBits()
-      if bits < REQUIRED_VECTOR_BITS:
-        logging.info("jaxrec CPU kernels need AVX-512 (this build targets %d-bit vectors);"
-                     " using the XLA formulation", bits)
-        return False
-      for target, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                    platform="cpu")
-    except Exception as error:  # noqa: BLE001 - any failure means "use XLA"
-      logging.warning("jaxrec CPU kernels unavailable, using the XLA formulation: %s", error)
+  try:
+    library = ctypes.cdll.LoadLibrary(build())
+    bits = library.JaxrecVectorBits()
+    if bits < REQUIRED_VECTOR_BITS:
+      logging.info("jaxrec CPU kernels need AVX-512 (this build targets %d-bit vectors);"
+                   " using the XLA formulation", bits)
       return False
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                  platform="cpu")
+  except Exception as error:  # noqa: BLE001 - any failure means "use XLA"
+    logging.warning("jaxrec CPU kernels unavailable, using the XLA formulation: %s", error)
+    return False
   return True
 
 
