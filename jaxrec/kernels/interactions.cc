@@ -62,7 +62,7 @@ inline float Sum(V16 v) {
 }
 inline int64_t RoundUp(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// Runs body(begin, end) over [0, n) in chunks of `grain`, on the calling thread
+// Runs body(chunk, begin, end) over [0, n) in chunks of `grain`, on the calling thread
 // and on XLA's intra-op pool. Deadlock-free when the pool is busy: the caller
 // claims chunks too and waits only for chunks already running elsewhere.
 template <typename Body>
