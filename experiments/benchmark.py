@@ -47,6 +47,8 @@ import time
 
 from absl import app, flags
 
+from jaxrec import provenance
+
 FLAGS = flags.FLAGS
 
 
@@ -207,40 +209,7 @@ def device_name() -> str:
   return f"{d.platform}:{d.device_kind}"
 
 
-# CPU features that decide matmul speed (and whether bfloat16 pays), as /proc/cpuinfo names them.
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
-
-
-def host_cpu(cpuinfo: str | None = None) -> dict:
-  """The host CPU: model name, usable logical CPUs and the `CPU_FEATURES` it has.
-
-  JAX names every CPU "cpu", while machines of one kind may differ in exactly what
-  decides matmul speed (AVX-512, bfloat16 units), so records carry this.
-  `cpuinfo` is the text of /proc/cpuinfo (read when None; absent off Linux).
-  """
-  import platform
-  if cpuinfo is None:
-    try:
-      with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
-    except OSError:
-      cpuinfo = ""
-  fields = {}
-  for line in cpuinfo.splitlines():
-    key, sep, value = line.partition(":")
-    if not sep:
-      if fields:  # a blank line ends the first processor's block
-        break
-      continue
-    fields.setdefault(key.strip(), value.strip())
-  flags_present = set(fields.get("flags", "").split())
-  try:
-    count = len(os.sched_getaffinity(0))
-  except (AttributeError, OSError):
-    count = os.cpu_count() or 0
-  return {"model": fields.get("model name") or platform.processor() or "unknown",
-          "logical_cpus": count,
-          "features": [f for f in CPU_FEATURES if f in flags_present]}
+host_cpu = provenance.host_cpu  # records and versus_reference use it from here too
 
 
 def matmul_peak(seconds: float = 1.0, dtype: str = "float32") -> float:
