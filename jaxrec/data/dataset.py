@@ -75,6 +75,8 @@ class CTRDataset:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
+  """The train, validation and test `CTRDataset`s of one dataset (same vocabularies)."""
+
   train: CTRDataset
   validation: CTRDataset
   test: CTRDataset

@@ -110,6 +110,7 @@ def vocabulary_for(config: DataConfig) -> criteo.Vocabulary:
 
 
 def load_splits(config: DataConfig) -> Splits:
+  """The train / validation / test splits `config` describes (see the module docstring)."""
   return load_splits_and_vocabulary(config)[0]
 
 

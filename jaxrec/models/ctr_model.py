@@ -24,6 +24,18 @@ Variables = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class CTRModel:
+  """A CTR network and the stacked embedding tables it reads, as pure functions.
+
+  Attributes:
+    network: the Linen module, ``(dense, rows, *, train) -> logits``.
+    layout: the stacked embedding tables (`EmbeddingLayout`).
+    num_dense: dense features per example.
+
+  Build one with `CTRModel.create(model_config, embedding_config, vocab_sizes)`;
+  `init(key)` returns ``{"params", "tables"}`` and `apply(variables, dense, cat)`
+  the logits.
+  """
+
   network: nn.Module
   layout: EmbeddingLayout
   num_dense: int = 13
@@ -31,6 +43,7 @@ class CTRModel:
   @classmethod
   def create(cls, model_config: ModelConfig, embedding_config: EmbeddingConfig,
              vocab_sizes: tuple[int, ...], num_dense: int = 13) -> "CTRModel":
+    """The registered network `model_config.name` over tables of `vocab_sizes` rows."""
     embedding_config = embedding_config_for(model_config, embedding_config)
     layout = EmbeddingLayout(embedding_config, tuple(int(v) for v in vocab_sizes))
     return cls(build_network(model_config, layout), layout, num_dense)

@@ -175,6 +175,7 @@ def build_regularizer(config: ModelConfig) -> Callable | None:
 
 
 def build_network(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
+  """The Linen network registered as `config.name`, over the tables of `layout`."""
   if config.name not in MODELS:
     raise ValueError(f"unknown model {config.name!r}; choose from {sorted(MODELS)}")
   return MODELS[config.name](config, layout)

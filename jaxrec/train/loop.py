@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from jaxrec.data import loader
-from jaxrec.data.dataset import CTRDataset
+from jaxrec.data.dataset import CTRDataset, Splits, random_split_indices
 from jaxrec.data.sources import DataConfig, load_splits_and_vocabulary
 from jaxrec.factorize.rank import FactorizeConfig
 from jaxrec.layers.embeddings import EmbeddingConfig
@@ -137,6 +137,7 @@ def predict_dataset(predict, params, tables, dataset: CTRDataset, batch_size: in
 
 def evaluate(predict, params, tables, dataset: CTRDataset, batch_size: int,
              train_positive_rate: float, sharding=None) -> dict[str, float]:
+  """`ctr_metrics` of `predict` over every row of `dataset`, plus "probs" and timings."""
   start = time.perf_counter()
   probs = predict_dataset(predict, params, tables, dataset, batch_size, sharding)
   seconds = time.perf_counter() - start
@@ -222,9 +223,14 @@ def _sum_steps(metrics: dict) -> dict:
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = False,
                        on_end: Callable[[CTRModel, dict, Any], None] | None = None,
-                       on_event: Callable[[str, int], None] | None = None) -> dict:
+                       on_event: Callable[[str, int], None] | None = None,
+                       splits: Splits | None = None,
+                       vocabulary: Any = None) -> dict:
   """Trains, evaluates on the whole test split, writes reports; returns metrics.json's dict.
 
+  The rows come from `config.data`, or from `splits` when given (then
+  `vocabulary`, a `criteo.Vocabulary` or None, is what `run_dir` saves to encode
+  raw rows later; `fit` is the friendlier entry for data already in memory).
   `on_end(model, variables, splits)`, if given, runs on the final variables
   (e.g. to write the attention heat-map). `on_event(kind, step)`, if given, is
   called after each train step ("step"), in the middle of each validation
@@ -247,7 +253,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       raise ResumeError(f"cannot resume: {config_path} is not valid JSON ({e})") from None
     check_resume_compatible(saved, config)
 
-  splits, vocabulary = load_splits_and_vocabulary(config.data)
+  if splits is None:
+    splits, vocabulary = load_splits_and_vocabulary(config.data)
   train_positive_rate = splits.train.positive_rate
   spec = run_dir.ModelSpec(config.model, config.embedding, splits.train.vocab_sizes,
                            splits.train.num_dense)
@@ -455,3 +462,48 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   if on_end is not None:
     on_end(model, variables, splits)
   return report
+
+
+IN_MEMORY_SOURCE = "in_memory"
+
+
+def fit(config: TrainConfig, workdir: str,
+        data: CTRDataset | Splits | tuple[np.ndarray, np.ndarray, np.ndarray], *,
+        vocab_sizes: tuple[int, ...] | None = None, resume: bool = False,
+        on_end: Callable[[CTRModel, dict, Any], None] | None = None) -> dict:
+  """`train_and_evaluate` on rows already in memory; returns metrics.json's dict.
+
+  Args:
+    config: the run; `config.data.split` and `config.data.seed` split `data`
+      when it is one dataset, its `source` is recorded as "in_memory".
+    workdir: the run directory (reports, checkpoints, what `load_run` reads).
+    data: a `Splits` (used as is), one `CTRDataset`, or arrays
+      ``(dense [N, D], cat [N, C], label [N])``: dense features already
+      transformed, categorical ids in ``[0, vocab_sizes[j])``, labels 0/1.
+    vocab_sizes: table rows per categorical column, for arrays (default: each
+      column's largest id + 1).
+    resume: continue the checkpoint in `workdir` (same config and data).
+    on_end: as in `train_and_evaluate`.
+
+  Raises:
+    ValueError: misaligned arrays or ids outside their table.
+  """
+  if isinstance(data, tuple):
+    dense, cat, label = (np.asarray(a) for a in data)
+    if cat.ndim != 2 or dense.ndim != 2:
+      raise ValueError(f"dense and cat must be 2-D, got {dense.shape} and {cat.shape}")
+    if vocab_sizes is None:
+      vocab_sizes = tuple(int(v) + 1 for v in cat.max(axis=0)) if len(cat) else (1,) * cat.shape[1]
+    data = CTRDataset(dense.astype(np.float32), cat.astype(np.int32), label.astype(np.float32),
+                      tuple(int(v) for v in vocab_sizes))
+  if isinstance(data, CTRDataset):
+    cat = data.cat
+    if len(cat) and (cat.min() < 0 or np.any(cat.max(axis=0) >= np.asarray(data.vocab_sizes))):
+      raise ValueError("categorical ids must lie in [0, vocab_sizes[j]) for every column j")
+    parts = random_split_indices(len(data), config.data.split, config.data.seed)
+    data = Splits(*(data.take(p) for p in parts))
+  if not isinstance(data, Splits):
+    raise TypeError(f"data must be Splits, CTRDataset or (dense, cat, label), got {type(data)}")
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                source=IN_MEMORY_SOURCE))
+  return train_and_evaluate(config, workdir, resume=resume, on_end=on_end, splits=data)

@@ -41,12 +41,14 @@ def auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = Non
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
+  """Mean binary cross-entropy of probabilities `probs` (clipped away from 0 and 1)."""
   p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
   y = np.asarray(labels, dtype=np.float64)
   return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
 def accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
+  """Share of rows whose prediction `probs > threshold` matches the label."""
   return float(np.mean((np.asarray(probs) > threshold) == (np.asarray(labels) > 0.5)))
 
 

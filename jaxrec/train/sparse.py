@@ -97,6 +97,7 @@ SPARSE_OPTIMIZERS = {"sgd": sgd, "rowwise_adagrad": rowwise_adagrad}
 
 
 def create(name: str, learning_rate: float) -> SparseOptimizer:
+  """The sparse table optimizer `name` ("sgd" or "rowwise_adagrad")."""
   if name not in SPARSE_OPTIMIZERS:
     raise ValueError(f"unknown embedding optimizer {name!r}; choose from {sorted(SPARSE_OPTIMIZERS)}")
   return SPARSE_OPTIMIZERS[name](learning_rate)

@@ -40,6 +40,7 @@ class TrainState:
 
 def create_train_state(model: CTRModel, rng: jax.Array, dense_tx: optax.GradientTransformation,
                        table_opt: sparse.SparseOptimizer) -> TrainState:
+  """Fresh variables of `model` with the dense and sparse optimizer states, step 0."""
   variables = model.init(rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     tables=variables["tables"], opt_state=dense_tx.init(variables["params"]),
@@ -149,6 +150,7 @@ DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
 
 def dense_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+  """The optax optimizer `name` (one of DENSE_OPTIMIZERS) for the non-table params."""
   if name == "sgd":
     return optax.sgd(learning_rate)
   if name == "adam":
