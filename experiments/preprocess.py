@@ -3,6 +3,9 @@ r"""Preprocess raw Criteo TSV / TSV.gz into memory-mapped split arrays.
   python -m experiments.preprocess --input=train.txt --output_dir=data/kaggle --split=kaggle
   python -m experiments.preprocess --input=day_0.gz,day_1.gz,...,day_23.gz \
       --output_dir=data/terabyte --split=days --max_rows_per_table=10000000
+  # Terabyte on a Dask cluster, ids hashed on the fly (no counting pass):
+  python -m experiments.preprocess --input=/data/criteo1tb --output_dir=/shared/terabyte \
+      --split=days --vocabulary=hash:40000000 --engine=dask --scheduler=tcp://HOST:8786
 
 Writes {train,validation,test}/{dense,cat,label}.npy, vocab.npz and meta.json
 (see jaxrec.data.preprocess). Re-running with the same inputs and options
@@ -35,6 +38,15 @@ flags.DEFINE_enum("on_bad_row", "error", ["error", "skip"],
                   " 'skip' drops malformed lines and counts them in meta.json.")
 flags.DEFINE_integer("block_rows", 1 << 16, "Rows parsed per block (memory ~ 1 KB per row).")
 flags.DEFINE_bool("keep_temp", False, "Keep the intermediate arrays (tmp/).")
+flags.DEFINE_string("vocabulary", "count",
+                    "'count': ids by training-row frequency (--min_frequency, --max_rows_per_table);"
+                    " 'hash:N': no counting pass, id = hash(value) mod N in every column.")
+flags.DEFINE_enum("engine", "local", ["local", "dask"],
+                  "'local': threads of this process; 'dask': tasks on a Dask cluster (same bytes).")
+flags.DEFINE_string("scheduler", None, "Dask scheduler address (tcp://HOST:8786) for --engine=dask;"
+                    " unset: a local cluster of --dask_workers processes.")
+flags.DEFINE_integer("dask_workers", 0, "Worker processes of the local Dask cluster (0 = one per"
+                     " core).")
 
 
 def main(argv):
@@ -42,7 +54,8 @@ def main(argv):
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
   from jaxrec.data.criteo import CriteoFormatError
-  from jaxrec.data.preprocess import PreprocessConfig, parse_split, preprocess
+  from jaxrec.data.preprocess import (PreprocessConfig, parse_split, parse_vocabulary,
+                                       preprocess)
   try:
     if not FLAGS.input or not FLAGS.output_dir:
       raise ValueError("--input and --output_dir are required")
@@ -50,15 +63,25 @@ def main(argv):
     for name in ("min_frequency", "block_rows"):
       if getattr(FLAGS, name) < 1:
         raise ValueError(f"--{name}={getattr(FLAGS, name)}: must be >= 1")
+    try:
+      parse_vocabulary(FLAGS.vocabulary)
+    except ValueError as e:
+      raise ValueError(f"--vocabulary: {e}") from None
+    if FLAGS.dask_workers < 0:
+      raise ValueError(f"--dask_workers={FLAGS.dask_workers}: must be >= 0")
+    if FLAGS.scheduler and FLAGS.engine != "dask":
+      raise ValueError("--scheduler needs --engine=dask")
     if FLAGS.max_rows_per_table < 0 or FLAGS.max_rows_per_table == 1:
       raise ValueError(f"--max_rows_per_table={FLAGS.max_rows_per_table}: must be 0 or >= 2")
     config = PreprocessConfig(
         inputs=tuple(FLAGS.input), output_dir=FLAGS.output_dir, split=FLAGS.split,
         seed=FLAGS.seed, min_frequency=FLAGS.min_frequency,
         max_rows_per_table=FLAGS.max_rows_per_table or None, dense_dtype=FLAGS.dense_dtype,
-        on_bad_row=FLAGS.on_bad_row, block_rows=FLAGS.block_rows, keep_temp=FLAGS.keep_temp)
+        on_bad_row=FLAGS.on_bad_row, block_rows=FLAGS.block_rows, keep_temp=FLAGS.keep_temp,
+        vocabulary=FLAGS.vocabulary, engine=FLAGS.engine, scheduler=FLAGS.scheduler,
+        workers=FLAGS.dask_workers or None)
     meta = preprocess(config, report=lambda msg: print(msg, flush=True))
-  except (CriteoFormatError, ValueError) as e:
+  except (CriteoFormatError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"rows {meta['rows']}, vocabulary sizes {meta['vocab_sizes']},"

@@ -65,6 +65,9 @@ class CriteoFormatError(ValueError):
     self.path, self.line, self.field = path, line, field
     self.reason = message
 
+  def __reduce__(self):  # pickled whole (raised in a Dask worker, re-raised here)
+    return type(self), (self.path, self.line, self.field, self.reason)
+
 
 @dataclasses.dataclass
 class BadRowLog:
@@ -409,45 +412,82 @@ def hash_keys(keys: np.ndarray, buckets: int) -> np.ndarray:
   return (splitmix64(keys.astype(np.int64).view(np.uint64)) % np.uint64(buckets)).astype(np.int64)
 
 
+def merge_counts(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted (keys, counts) runs -> one sorted run with the counts of equal keys summed (exact)."""
+  runs = [r for r in runs if len(r[0])]
+  if len(runs) <= 1:
+    return runs[0] if runs else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+  keys = np.concatenate([k for k, _ in runs])
+  counts = np.concatenate([n for _, n in runs])
+  order = np.argsort(keys, kind="stable")
+  keys, counts = keys[order], counts[order]
+  starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+  return keys[starts], np.add.reduceat(counts, starts).astype(np.int64)
+
+
 class FrequencyCounter:
   """Streaming per-column key counts with memory set by the vocabulary size.
 
-  Each `update` counts a block's keys per column (sort-based `np.unique`) and
-  merges them into sorted (keys, counts) arrays, so no row is kept.
+  Each `update` counts a block's keys per column (`np.unique`) into a sorted
+  run; runs are merged when the newer one reaches half the size of the one
+  before (as a binary counter carries), so a block's amortised cost grows with
+  the log of the vocabulary, not with the vocabulary itself, and the result
+  does not depend on how the rows were cut into blocks. Counters of disjoint
+  rows combine with `merge` (the tree-reduce of a distributed count).
   """
 
   def __init__(self, num_columns: int = NUM_SPARSE):
-    self.keys = [np.zeros(0, np.int64) for _ in range(num_columns)]
-    self.counts = [np.zeros(0, np.int64) for _ in range(num_columns)]
+    self._runs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_columns)]
+
+  def add_counts(self, j: int, keys: np.ndarray, counts: np.ndarray) -> None:
+    """Adds sorted unique `keys` with their `counts` to column `j`."""
+    if len(keys) == 0:
+      return
+    runs = self._runs[j]
+    runs.append((np.asarray(keys, np.int64), np.asarray(counts, np.int64)))
+    while len(runs) > 1 and len(runs[-2][0]) <= 2 * len(runs[-1][0]):
+      last = runs.pop()
+      runs[-1] = merge_counts([runs[-1], last])
 
   def update_column(self, j: int, column: np.ndarray) -> None:
     values, counts = np.unique(column, return_counts=True)
-    keys, total = self.keys[j], self.counts[j]
-    pos = np.searchsorted(keys, values)
-    found = pos < len(keys)
-    found[found] = keys[pos[found]] == values[found]
-    total[pos[found]] += counts[found]
-    if not found.all():
-      new = ~found
-      self.keys[j] = np.insert(keys, pos[new], values[new])
-      self.counts[j] = np.insert(total, pos[new], counts[new])
+    self.add_counts(j, values, counts)
 
   def update(self, cat_keys: np.ndarray, pool=None) -> None:
     """Counts a block of keys [n, num_columns] (columns in parallel with `pool`)."""
-    cols = range(len(self.keys))
+    cols = range(len(self._runs))
     if pool is None:
       for j in cols:
         self.update_column(j, cat_keys[:, j])
     else:
       list(pool.map(lambda j: self.update_column(j, cat_keys[:, j]), cols))
 
+  def column(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted keys, counts) of column `j` (its runs merged into one)."""
+    if len(self._runs[j]) != 1:
+      self._runs[j] = [merge_counts(self._runs[j])]
+    return self._runs[j][0]
+
+  @property
+  def keys(self) -> list[np.ndarray]:
+    return [self.column(j)[0] for j in range(len(self._runs))]
+
+  @property
+  def counts(self) -> list[np.ndarray]:
+    return [self.column(j)[1] for j in range(len(self._runs))]
+
   def merge(self, other: "FrequencyCounter") -> None:
-    for j in range(len(self.keys)):
-      both = np.concatenate([self.keys[j], other.keys[j]])
-      weights = np.concatenate([self.counts[j], other.counts[j]])
-      self.keys[j], inverse = np.unique(both, return_inverse=True)
-      self.counts[j] = np.bincount(inverse, weights=weights,
-                                   minlength=len(self.keys[j])).astype(np.int64)
+    """Adds the counts of `other` (disjoint rows), as one more run per column."""
+    for j in range(len(self._runs)):
+      self.add_counts(j, *other.column(j))
+
+  @classmethod
+  def combine(cls, *counters: "FrequencyCounter") -> "FrequencyCounter":
+    """One counter holding the summed counts of `counters` (one tree-reduce step)."""
+    out = cls(len(counters[0]._runs))
+    for j in range(len(out._runs)):
+      out._runs[j] = [merge_counts([c.column(j) for c in counters])]
+    return out
 
   def save(self, path: str) -> None:
     arrays = {f"k{j}": k for j, k in enumerate(self.keys)}
@@ -459,8 +499,7 @@ class FrequencyCounter:
     with np.load(path) as z:
       num = len([k for k in z.files if k.startswith("k")])
       out = cls(num)
-      out.keys = [z[f"k{j}"] for j in range(num)]
-      out.counts = [z[f"n{j}"] for j in range(num)]
+      out._runs = [[(z[f"k{j}"], z[f"n{j}"])] for j in range(num)]
     return out
 
 
@@ -475,11 +514,24 @@ class Vocabulary:
     hash_buckets: when set (``max_rows_per_table - 1``), raw keys are first
       hashed into this many buckets (`hash_keys`), so no table exceeds
       ``hash_buckets + 1`` rows; None: raw keys are kept as they are.
+    hash_only: no vocabulary was counted (``--vocabulary=hash:N``): the id of a
+      value is its bucket ``hash_keys(key, hash_buckets)`` itself, in
+      ``[0, hash_buckets)``, every table has ``hash_buckets`` rows and there is
+      no OOV id; `keys` holds one empty array per column.
   """
 
   keys: tuple[np.ndarray, ...]
   min_frequency: int
   hash_buckets: int | None = None
+  hash_only: bool = False
+
+  @classmethod
+  def hashing(cls, buckets: int, num_columns: int = NUM_SPARSE) -> "Vocabulary":
+    """Ids = hash(value) mod `buckets` per column, with no counting pass."""
+    if buckets < 1:
+      raise ValueError(f"hash buckets must be >= 1, got {buckets}")
+    return cls(keys=tuple(np.zeros(0, np.int64) for _ in range(num_columns)), min_frequency=1,
+               hash_buckets=buckets, hash_only=True)
 
   @classmethod
   def build(cls, cat_keys: np.ndarray, min_frequency: int = 1,
@@ -505,13 +557,17 @@ class Vocabulary:
 
   @property
   def sizes(self) -> tuple[int, ...]:
-    """Embedding rows per column: kept values plus the OOV row."""
+    """Embedding rows per column: kept values plus the OOV row (buckets when hash_only)."""
+    if self.hash_only:
+      return (self.hash_buckets,) * len(self.keys)
     return tuple(len(k) + 1 for k in self.keys)
 
   def encode_column(self, j: int, column: np.ndarray) -> np.ndarray:
     """Raw keys of column `j` -> int32 ids (OOV_ID for unseen and rare keys)."""
     if self.hash_buckets is not None:
       column = hash_keys(column, self.hash_buckets)
+      if self.hash_only:
+        return column.astype(np.int32)
     kept = self.keys[j]
     if len(kept) == 0:
       return np.full(len(column), OOV_ID, np.int32)
@@ -546,7 +602,7 @@ class Vocabulary:
     """Writes an .npz (uncompressed: large vocabularies load fast)."""
     np.savez(path, min_frequency=self.min_frequency,
              hash_buckets=-1 if self.hash_buckets is None else self.hash_buckets,
-             **{f"C{j + 1}": k for j, k in enumerate(self.keys)})
+             hash_only=self.hash_only, **{f"C{j + 1}": k for j, k in enumerate(self.keys)})
 
   @classmethod
   def load(cls, path: str) -> "Vocabulary":
@@ -554,7 +610,8 @@ class Vocabulary:
       keys = tuple(z[f"C{j + 1}"] for j in range(NUM_SPARSE))
       buckets = int(z["hash_buckets"]) if "hash_buckets" in z.files else -1
       return cls(keys=keys, min_frequency=int(z["min_frequency"]),
-                 hash_buckets=None if buckets < 0 else buckets)
+                 hash_buckets=None if buckets < 0 else buckets,
+                 hash_only="hash_only" in z.files and bool(z["hash_only"]))
 
 
 def encode_raw(raw: RawBlock, vocab: Vocabulary) -> CTRDataset:

@@ -79,6 +79,14 @@ class PreprocessConfig:
     block_rows: rows parsed per block (about 256 bytes each).
     chunk_rows: rows per block of the count and encode passes.
     keep_temp: keep the pass-1 arrays (tmp/) after finishing.
+    vocabulary: "count" (pass 2 counts the training rows' values; ids by
+      frequency, see `min_frequency`) or "hash:N" (no counting: the id of a
+      value is hash(value) mod N in every column, tables of N rows).
+    engine: "local" (threads of this process) or "dask" (tasks on a Dask
+      cluster, `jaxrec.data.dask_engine`); both write the same bytes.
+    scheduler: address of a running Dask scheduler (engine "dask"); None
+      starts a local cluster of `workers` processes.
+    workers: Dask local-cluster worker processes (None: one per core).
   """
 
   inputs: tuple[str, ...]
@@ -92,12 +100,31 @@ class PreprocessConfig:
   block_rows: int = 1 << 16
   chunk_rows: int = 1 << 18
   keep_temp: bool = False
+  vocabulary: str = "count"
+  engine: str = "local"
+  scheduler: str | None = None
+  workers: int | None = None
 
   def options(self) -> dict:
     """The options that determine the output (not where or how fast)."""
-    return {"split": self.split, "seed": self.seed, "min_frequency": self.min_frequency,
-            "max_rows_per_table": self.max_rows_per_table, "dense_dtype": self.dense_dtype,
-            "on_bad_row": self.on_bad_row}
+    options = {"split": self.split, "seed": self.seed, "min_frequency": self.min_frequency,
+               "max_rows_per_table": self.max_rows_per_table, "dense_dtype": self.dense_dtype,
+               "on_bad_row": self.on_bad_row}
+    if self.vocabulary != "count":  # absent for counted vocabularies: older caches stay valid
+      options["vocabulary"] = self.vocabulary
+    return options
+
+
+ENGINES = ("local", "dask")
+
+
+def parse_vocabulary(spec: str) -> int | None:
+  """"count" -> None; "hash:N" -> N (the buckets of every column)."""
+  if spec == "count":
+    return None
+  if spec.startswith("hash:") and spec[len("hash:"):].isdigit() and int(spec[len("hash:"):]) >= 1:
+    return int(spec[len("hash:"):])
+  raise ValueError(f"vocabulary {spec!r}: expected 'count' or 'hash:N' with N >= 1")
 
 
 def parse_split(spec: str) -> tuple[str, tuple[float, float, float] | None]:
@@ -369,8 +396,12 @@ def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool, wor
   return record
 
 
-def _read_temp(tmp: str, i: int, record: dict, start: int, stop: int) -> dict[str, np.ndarray]:
-  """Rows [start, stop) of input `i`'s pass-1 arrays (plain reads: no mmap in RSS)."""
+def _read_temp(tmp: str, i: int, record: dict, start: int, stop: int,
+               keys: bool = True) -> dict[str, np.ndarray]:
+  """Rows [start, stop) of input `i`'s pass-1 arrays (plain reads: no mmap in RSS).
+
+  Without `keys` only the labels and line numbers are read (what splitting needs).
+  """
   paths = _temp_paths(tmp, i)
   n = stop - start
   def read(name, dtype, width):
@@ -379,13 +410,15 @@ def _read_temp(tmp: str, i: int, record: dict, start: int, stop: int) -> dict[st
       f.seek(start * itemsize)
       out = np.fromfile(f, dtype=dtype, count=n * width)
     return out.reshape(n, width) if width > 1 else out
-  out = {"label": read("label", np.int8, 1), "dense": read("dense", np.float32, NUM_DENSE)}
-  keys = read("keys", np.uint32, NUM_SPARSE).astype(np.int64)
-  missing = read("missing", np.uint8, _MISSING_BYTES)
-  if missing.any():
-    bits = np.unpackbits(missing, axis=1, count=NUM_SPARSE, bitorder="little")
-    keys[bits.astype(bool)] = criteo.MISSING_KEY
-  out["keys"] = keys
+  out = {"label": read("label", np.int8, 1)}
+  if keys:
+    out["dense"] = read("dense", np.float32, NUM_DENSE)
+    cat = read("keys", np.uint32, NUM_SPARSE).astype(np.int64)
+    missing = read("missing", np.uint8, _MISSING_BYTES)
+    if missing.any():
+      bits = np.unpackbits(missing, axis=1, count=NUM_SPARSE, bitorder="little")
+      cat[bits.astype(bool)] = criteo.MISSING_KEY
+    out["keys"] = cat
   if record["has_lines"]:
     out["lines"] = read("lines", np.int64, 1)
   else:
@@ -404,6 +437,161 @@ def _write_npy_header(f, dtype, shape) -> None:
           "shape": tuple(shape)})
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What every count and encode task needs (small and picklable: sent once to Dask).
+
+  Attributes:
+    tmp: the pass-1 arrays' directory; out: the output directory.
+    records: pass-1 record of every input (rows, lines, has_lines).
+    assigner: the split of every line position.
+    line_offsets: line position of each input's first line.
+    buckets: hash buckets before counting (``max_rows_per_table - 1``) or None.
+    count_keys: False under ``vocabulary="hash:N"`` (no key is read in pass 2).
+    dense_dtype: stored dense dtype name.
+  """
+
+  tmp: str
+  out: str
+  records: tuple[dict, ...]
+  assigner: SplitAssigner
+  line_offsets: tuple[int, ...]
+  buckets: int | None
+  count_keys: bool
+  dense_dtype: str
+
+  def chunks(self, chunk_rows: int) -> list[tuple[int, int, int]]:
+    """(input, start row, stop row) of every count / encode chunk, in row order."""
+    return [(i, start, stop) for i, r in enumerate(self.records)
+            for start, stop in _chunks(r["rows"], chunk_rows)]
+
+  def read(self, chunk: tuple[int, int, int], keys: bool = True) -> dict[str, np.ndarray]:
+    """A chunk's pass-1 arrays and the split of each row (``split``)."""
+    i, start, stop = chunk
+    part = _read_temp(self.tmp, i, self.records[i], start, stop, keys)
+    part["split"] = self.assigner.assign(self.line_offsets[i] + part["lines"] - 1)
+    return part
+
+
+def count_part(job: Job, part: dict[str, np.ndarray], pool=None
+               ) -> tuple[np.ndarray, criteo.FrequencyCounter | None]:
+  """Pass 2 of one chunk's arrays (`Job.read`): ([rows per split, positives per
+  split] int64 [2, 3], the counts of its training rows' keys — None when
+  `job.count_keys` is False)."""
+  stats = np.stack([np.bincount(part["split"], minlength=3),
+                    np.bincount(part["split"], weights=part["label"], minlength=3)]).astype(np.int64)
+  if not job.count_keys:
+    return stats, None
+  train_keys = part["keys"][part["split"] == 0]
+  if job.buckets is not None:
+    train_keys = criteo.hash_keys(train_keys, job.buckets)
+  counter = criteo.FrequencyCounter()
+  counter.update(train_keys, pool)
+  return stats, counter
+
+
+def count_chunk(job: Job, chunk: tuple[int, int, int]):
+  """`count_part` of one chunk read from the pass-1 arrays."""
+  return count_part(job, job.read(chunk, keys=job.count_keys))
+
+
+def encode_chunk(job: Job, chunk: tuple[int, int, int], vocab: criteo.Vocabulary, pool=None
+                 ) -> dict[str, dict[str, bytes]]:
+  """Pass 3 of one chunk: the bytes it adds to each split's dense, cat and label arrays."""
+  part = job.read(chunk)
+  ids = vocab.encode(part["keys"], pool)  # whole chunk: one lookup table per column
+  out = {}
+  for s, split in enumerate(SPLITS):
+    sel = part["split"] == s
+    if sel.any():
+      out[split] = {"dense": part["dense"][sel].astype(job.dense_dtype).tobytes(),
+                    "cat": ids[sel].tobytes(),
+                    "label": part["label"][sel].astype(np.float32).tobytes()}
+  return out
+
+
+def array_layout(job: Job, sizes: dict) -> dict[tuple[str, str], tuple[np.dtype, tuple]]:
+  """dtype and shape of every output array, keyed by (split, field)."""
+  layout = {}
+  for s, split in enumerate(SPLITS):
+    n = sizes["rows"][s]
+    for name, dtype, shape in (("dense", np.dtype(job.dense_dtype), (n, NUM_DENSE)),
+                               ("cat", np.dtype(np.int32), (n, NUM_SPARSE)),
+                               ("label", np.dtype(np.float32), (n,))):
+      layout[split, name] = (dtype, shape)
+  return layout
+
+
+def create_arrays(job: Job, sizes: dict) -> dict[tuple[str, str], int]:
+  """Writes every output .npy's header, sized for its rows; returns each header's length."""
+  headers = {}
+  for (split, name), (dtype, shape) in array_layout(job, sizes).items():
+    os.makedirs(os.path.join(job.out, split), exist_ok=True)
+    with open(os.path.join(job.out, split, f"{name}.npy"), "wb") as f:
+      _write_npy_header(f, dtype, shape)
+      headers[split, name] = f.tell()
+      f.truncate(f.tell() + int(np.prod(shape)) * dtype.itemsize)
+  return headers
+
+
+class LocalEngine:
+  """The passes on a thread pool of this process, streaming chunks in row order."""
+
+  name = "local"
+
+  def __init__(self, config: PreprocessConfig):
+    self.config = config
+    self.workers = min(4, os.cpu_count() or 1)
+
+  def __enter__(self):
+    self.pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+    return self
+
+  def __exit__(self, *exc):
+    self.pool.shutdown()
+
+  def parse(self, inputs: Sequence[str], tmp: str, report) -> list[dict]:
+    return [_parse_file(i, p, tmp, self.config, self.pool, self.workers, report)
+            for i, p in enumerate(inputs)]
+
+  def count(self, job: Job, chunks, report) -> tuple[np.ndarray, criteo.FrequencyCounter | None]:
+    """Per-chunk stats [C, 2, 3] and the training rows' key counts (None: not counted)."""
+    counter = criteo.FrequencyCounter() if job.count_keys else None
+    progress = _Progress("count", sum(r["rows"] for r in job.records), report)
+    stats = []
+    # Chunks are read ahead on a thread; each chunk's columns are counted on the pool.
+    for part in _background(job.read(chunk, keys=job.count_keys) for chunk in chunks):
+      chunk_stats, chunk_counter = count_part(job, part, self.pool)
+      stats.append(chunk_stats)
+      if counter is not None:
+        counter.merge(chunk_counter)
+      progress.add(len(part["label"]))
+    return np.asarray(stats, np.int64).reshape(-1, 2, 3), counter
+
+  def encode(self, job: Job, chunks, vocab: criteo.Vocabulary, sizes: dict, report) -> None:
+    headers = create_arrays(job, sizes)
+    files = {key: open(os.path.join(job.out, key[0], f"{key[1]}.npy"), "r+b") for key in headers}
+    for key, f in files.items():
+      f.seek(headers[key])
+    progress = _Progress("encode", sum(sizes["rows"]), report)
+    try:
+      for chunk in chunks:
+        for split, arrays in encode_chunk(job, chunk, vocab, self.pool).items():
+          for name, data in arrays.items():
+            files[split, name].write(data)
+        progress.add(chunk[2] - chunk[1])
+    finally:
+      for f in files.values():
+        f.close()
+
+
+def _engine(config: PreprocessConfig):
+  if config.engine == "dask":
+    from jaxrec.data import dask_engine  # optional dependency
+    return dask_engine.DaskEngine(config)
+  return LocalEngine(config)
+
+
 def preprocess(config: PreprocessConfig,
                report: Callable[[str], None] = logging.info) -> dict:
   """Preprocesses `config.inputs` into `config.output_dir`; returns meta.json's dict.
@@ -414,6 +602,7 @@ def preprocess(config: PreprocessConfig,
     ValueError: bad options, or an output_dir holding a different preprocessing.
   """
   mode, _ = parse_split(config.split)
+  hash_buckets = parse_vocabulary(config.vocabulary)
   if config.on_bad_row not in criteo.ON_BAD_ROW:
     raise ValueError(f"on_bad_row must be one of {criteo.ON_BAD_ROW}, got {config.on_bad_row!r}")
   if config.dense_dtype not in ("float32", "float16"):
@@ -422,6 +611,11 @@ def preprocess(config: PreprocessConfig,
     raise ValueError(f"min_frequency must be >= 1, got {config.min_frequency}")
   if config.max_rows_per_table is not None and config.max_rows_per_table < 2:
     raise ValueError(f"max_rows_per_table must be >= 2, got {config.max_rows_per_table}")
+  if hash_buckets is not None and config.max_rows_per_table is not None:
+    raise ValueError("vocabulary 'hash:N' already caps every table at N rows: drop"
+                     " max_rows_per_table")
+  if config.engine not in ENGINES:
+    raise ValueError(f"engine must be one of {ENGINES}, got {config.engine!r}")
   inputs = expand_inputs(config.inputs)
   if mode == "days" and len(inputs) < 2:
     raise ValueError("split 'days' needs at least two input files (one per day)")
@@ -447,80 +641,48 @@ def preprocess(config: PreprocessConfig,
   with open(state_path, "w") as f:
     json.dump(identity, f)
   start_time = time.perf_counter()
-  workers = min(4, os.cpu_count() or 1)
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+  with _engine(config) as engine:
     # Pass 1: parse.
-    records = [_parse_file(i, p, tmp, config, pool, workers, report)
-               for i, p in enumerate(inputs)]
+    records = engine.parse(inputs, tmp, report)
     assigner = SplitAssigner(config.split, [r["lines"] for r in records], config.seed)
-    line_offsets = np.cumsum([0] + [r["lines"] for r in records])
-    buckets = None if config.max_rows_per_table is None else config.max_rows_per_table - 1
-
-    def chunks():
-      for i, record in enumerate(records):
-        for start, stop in _chunks(record["rows"], config.chunk_rows):
-          part = _read_temp(tmp, i, record, start, stop)
-          part["split"] = assigner.assign(line_offsets[i] + part["lines"] - 1)
-          yield part
-
+    job = Job(tmp=tmp, out=out, records=tuple(records), assigner=assigner,
+              line_offsets=tuple(int(x) for x in np.cumsum([0] + [r["lines"] for r in records])),
+              buckets=None if config.max_rows_per_table is None else config.max_rows_per_table - 1,
+              count_keys=hash_buckets is None, dense_dtype=config.dense_dtype)
+    chunks = job.chunks(config.chunk_rows)
     # Pass 2: split sizes, positive rates, training-row frequencies -> vocabulary.
     vocab_path = os.path.join(tmp, VOCAB)
     sizes_path = os.path.join(tmp, "sizes.json")
+    sizes = None
     if os.path.exists(vocab_path) and os.path.exists(sizes_path):
-      vocab = criteo.Vocabulary.load(vocab_path)
       with open(sizes_path) as f:
         sizes = json.load(f)
-      report("count: reusing the saved vocabulary")
-    else:
-      counter = criteo.FrequencyCounter()
-      rows = np.zeros(3, np.int64)
-      positives = np.zeros(3, np.int64)
-      progress = _Progress("count", sum(r["rows"] for r in records), report)
-      for part in _background(chunks()):
-        rows += np.bincount(part["split"], minlength=3)
-        positives += np.bincount(part["split"], weights=part["label"], minlength=3).astype(np.int64)
-        train_keys = part["keys"][part["split"] == 0]
-        if buckets is not None:
-          train_keys = criteo.hash_keys(train_keys, buckets)
-        counter.update(train_keys, pool)
-        progress.add(len(part["label"]))
-      vocab = criteo.Vocabulary.from_counts(counter, config.min_frequency, buckets)
+      if sizes.get("chunk_rows") == config.chunk_rows:
+        vocab = criteo.Vocabulary.load(vocab_path)
+        report("count: reusing the saved vocabulary")
+      else:
+        sizes = None
+    if sizes is None:
+      counting = time.perf_counter()
+      stats, counter = engine.count(job, chunks, report)
+      if hash_buckets is not None:
+        vocab = criteo.Vocabulary.hashing(hash_buckets)
+      else:
+        vocab = criteo.Vocabulary.from_counts(counter, config.min_frequency, job.buckets)
       del counter
-      sizes = {"rows": rows.tolist(), "positives": positives.tolist()}
+      total = stats.sum(axis=0)
+      sizes = {"rows": total[0].tolist(), "positives": total[1].tolist(),
+               "chunk_rows": config.chunk_rows, "chunk_split_rows": stats[:, 0].tolist()}
       if sizes["rows"][0] == 0:
         raise ValueError(f"the training split of {inputs} is empty")
       vocab.save(vocab_path)
       with open(sizes_path, "w") as f:
         json.dump(sizes, f)
-      report(f"count: vocabulary of {sum(vocab.sizes):,} rows in"
-             f" {time.perf_counter() - progress.start:.1f} s")
+      what = "split sizes (no counting: hashed ids)" if hash_buckets else "vocabulary of" \
+          f" {sum(vocab.sizes):,} rows"
+      report(f"count: {what} in {time.perf_counter() - counting:.1f} s")
     # Pass 3: encode and write one .npy per split and field.
-    dense_dtype = np.dtype(config.dense_dtype)
-    files = {}
-    for s, split in enumerate(SPLITS):
-      os.makedirs(os.path.join(out, split), exist_ok=True)
-      n = sizes["rows"][s]
-      for name, dtype, shape in (("dense", dense_dtype, (n, NUM_DENSE)),
-                                 ("cat", np.int32, (n, NUM_SPARSE)),
-                                 ("label", np.float32, (n,))):
-        f = open(os.path.join(out, split, f"{name}.npy"), "wb")
-        _write_npy_header(f, dtype, shape)
-        files[split, name] = f
-    progress = _Progress("encode", sum(sizes["rows"]), report)
-    try:
-      for part in _background(chunks()):
-        ids = vocab.encode(part["keys"], pool)  # whole chunk: one lookup table per column
-        for s, split in enumerate(SPLITS):
-          sel = part["split"] == s
-          if not sel.any():
-            continue
-          files[split, "dense"].write(part["dense"][sel].astype(dense_dtype).tobytes())
-          files[split, "cat"].write(ids[sel].tobytes())
-          files[split, "label"].write(part["label"][sel].astype(np.float32).tobytes())
-        progress.add(len(part["label"]))
-    finally:
-      for f in files.values():
-        f.close()
+    engine.encode(job, chunks, vocab, sizes, report)
   vocab.save(os.path.join(out, VOCAB))
   seconds = time.perf_counter() - start_time
   total_rows = int(sum(sizes["rows"]))
