@@ -58,6 +58,14 @@ flags.DEFINE_enum("embedding_optimizer", "auto", ["auto", "sgd", "rowwise_adagra
                   "Sparse table optimizer; auto = sgd with --optimizer=sgd, else rowwise_adagrad.")
 flags.DEFINE_float("embedding_learning_rate", 0.0,
                    "Table learning rate (0 = --learning_rate).")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "warmup_decay", "warmup_cosine"],
+                  "Learning-rate schedule of dense and table rates alike: warmup_decay is the DLRM"
+                  " reference's (linear warm-up, then polynomial decay from --decay_start_step);"
+                  " warmup_cosine decays to 0 over --decay_steps (0 = to the end).")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps of --lr_schedule.")
+flags.DEFINE_integer("decay_start_step", 0, "--lr_schedule=warmup_decay: first decayed step.")
+flags.DEFINE_integer("decay_steps", 0, "Decay length in steps (warmup_decay: 0 = no decay;"
+                     " warmup_cosine: 0 = to the end of training).")
 flags.DEFINE_integer("embedding_dim", 16, "Embedding dimension d.")
 flags.DEFINE_string("bottom_mlp", "512-256-64-16", "Bottom MLP layer sizes, dash-separated.")
 flags.DEFINE_string("top_mlp", "512-256-1", "Top MLP layer sizes, dash-separated (ends in 1).")
@@ -192,6 +200,13 @@ def config_from_flags():
   if not (math.isfinite(learning_rate) and math.isfinite(FLAGS.embedding_learning_rate)) \
       or learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
     raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0 (finite)")
+  from jaxrec.train.schedules import ScheduleConfig
+  lr_schedule = ScheduleConfig(FLAGS.lr_schedule, FLAGS.warmup_steps, FLAGS.decay_start_step,
+                               FLAGS.decay_steps)
+  try:
+    lr_schedule.validate()
+  except ValueError as e:
+    raise FlagError(f"--{e}") from None
   split_mode, split_values = "random", list(FLAGS.split)
   if split_values and split_values[0].startswith("random:"):
     split_values[0] = split_values[0][len("random:"):]
@@ -266,7 +281,7 @@ def config_from_flags():
   return TrainConfig(
       model=model, embedding=embedding, data=data, optimizer=optimizer,
       learning_rate=learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
-      embedding_learning_rate=FLAGS.embedding_learning_rate or None,
+      embedding_learning_rate=FLAGS.embedding_learning_rate or None, lr_schedule=lr_schedule,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
       checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, factorize=factorize, mesh=mesh,
@@ -335,10 +350,12 @@ def summary(metrics: dict, output_dir: str) -> str:
       f"  logloss   {metrics['logloss']:.4f}   (constant predictor {metrics['baseline_logloss']:.4f},"
       f" normalized entropy {metrics['normalized_entropy']:.4f})",
       f"  accuracy  {metrics['accuracy']:.4f}   (constant predictor {metrics['baseline_accuracy']:.4f})",
+      f"  calibration {metrics['calibration']:.4f} (mean prediction / click rate)",
   ]
   if "bayes_auc" in metrics:
     lines.append(f"  teacher (Bayes-optimal): AUC {metrics['bayes_auc']:.4f},"
-                 f" logloss {metrics['bayes_logloss']:.4f}")
+                 f" logloss {metrics['bayes_logloss']:.4f}; AUC / Bayes AUC"
+                 f" {metrics['auc_over_bayes']:.4f}")
   lines += [
       f"  params    {metrics['param_count']:,} ({metrics['param_bytes'] / 2**20:.1f} MiB;"
       f" {metrics['embedding_param_count']:,} in embeddings)",

@@ -39,3 +39,14 @@ def test_logloss_accuracy_and_constant_baseline():
   np.testing.assert_allclose(report["baseline_logloss"], -np.mean(np.log([0.25, 0.75, 0.75, 0.75])))
   assert report["baseline_accuracy"] == 0.75
   np.testing.assert_allclose(report["normalized_entropy"], expected / report["baseline_logloss"])
+
+
+def test_calibration_and_auc_over_bayes():
+  labels = np.array([1, 0, 0, 0])
+  probs = np.array([0.9, 0.2, 0.4, 0.6])
+  report = metrics.ctr_metrics(labels, probs, train_positive_rate=0.25,
+                               oracle_probs=np.array([0.8, 0.1, 0.3, 0.2]))
+  np.testing.assert_allclose(report["calibration"], 0.525 / 0.25)
+  assert report["bayes_auc"] == 1.0 and report["auc"] == 1.0
+  assert report["auc_over_bayes"] == 1.0
+  assert np.isnan(metrics.calibration(np.zeros(3), np.full(3, 0.1)))

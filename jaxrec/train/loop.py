@@ -28,7 +28,7 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
 from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
-from jaxrec.train import factorize_phase, faults, run_dir, sparse
+from jaxrec.train import factorize_phase, faults, run_dir, schedules, sparse
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.sharding import MeshConfig, place_batches
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
@@ -42,10 +42,12 @@ class TrainConfig:
   Attributes:
     model / embedding / data: what to train, on what.
     optimizer: dense-parameter optimizer (sgd, adam, adagrad).
-    learning_rate: dense learning rate.
+    learning_rate: dense (peak) learning rate.
     embedding_optimizer: sparse table optimizer (sgd, rowwise_adagrad), or
       "auto": sgd with sgd, rowwise_adagrad otherwise.
-    embedding_learning_rate: table learning rate (None: learning_rate).
+    embedding_learning_rate: table (peak) learning rate (None: learning_rate).
+    lr_schedule: the schedule of both rates over train steps
+      (`jaxrec.train.schedules`).
     batch_size: training batch (static; the last one is padded and masked).
     eval_batch_size: evaluation batch.
     epochs: passes over the training split.
@@ -76,6 +78,7 @@ class TrainConfig:
   learning_rate: float = 0.1
   embedding_optimizer: str = "auto"
   embedding_learning_rate: float | None = None
+  lr_schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
   batch_size: int = 256
   eval_batch_size: int = 8192
   epochs: int = 1
@@ -101,7 +104,7 @@ class TrainConfig:
 
 # Config sections that must match for a checkpoint to be resumed.
 _RESUME_KEYS = ("model", "embedding", "data", "optimizer", "embedding_optimizer", "batch_size",
-                "seed")
+                "seed", "lr_schedule")
 
 
 def _trained_structure(config_json: dict):
@@ -146,6 +149,19 @@ def evaluate(predict, params, tables, dataset: CTRDataset, batch_size: int,
   out["eval_seconds"] = seconds
   out["eval_examples_per_sec"] = len(dataset) / max(seconds, 1e-9)
   return out
+
+
+def build_optimizers(config: TrainConfig, total_steps: int):
+  """(dense optax optimizer, sparse table optimizer, dense schedule, table schedule).
+
+  Both rates follow `config.lr_schedule` (a schedule is a float when constant).
+  """
+  dense_rate = schedules.build(config.lr_schedule, config.learning_rate, total_steps)
+  table_rate = schedules.build(config.lr_schedule,
+                               config.embedding_learning_rate or config.learning_rate,
+                               total_steps)
+  return (dense_optimizer(config.optimizer, dense_rate),
+          sparse.create(config.resolved_embedding_optimizer, table_rate), dense_rate, table_rate)
 
 
 def _writer() -> bool:
@@ -261,9 +277,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   if _writer():
     run_dir.write_model_files(workdir, spec, vocabulary)  # what load_run / predict need
   model = spec.build()
-  dense_tx = dense_optimizer(config.optimizer, config.learning_rate)
-  table_opt = sparse.create(config.resolved_embedding_optimizer,
-                            config.embedding_learning_rate or config.learning_rate)
+  steps_per_epoch = loader.num_batches(len(splits.train), config.batch_size)
+  total_steps = config.epochs * steps_per_epoch
+  if config.max_steps is not None:
+    total_steps = min(total_steps, config.max_steps)
+  dense_tx, table_opt, dense_rate, table_rate = build_optimizers(config, total_steps)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   batch_sharding, eval_batch_size = None, config.eval_batch_size
   factorize_config = config.factorize
@@ -307,10 +325,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     os.remove(history_path)
   _write_json(config_path, config.to_json())
 
-  steps_per_epoch = loader.num_batches(len(splits.train), config.batch_size)
-  total_steps = config.epochs * steps_per_epoch
-  if config.max_steps is not None:
-    total_steps = min(total_steps, config.max_steps)
   logging.info("training %s: %d train / %d validation / %d test rows, %d steps of %d",
                config.model.name, len(splits.train), len(splits.validation), len(splits.test),
                total_steps, config.batch_size)
@@ -322,9 +336,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     on_event("eval", step)
     record = {"step": step, "epoch": step / steps_per_epoch, "split": split_name, **result}
     _append_jsonl(history_path, record)
-    logging.info("step %d %s: auc %.4f logloss %.4f (constant %.4f) accuracy %.4f",
-                 step, split_name, result["auc"], result["logloss"],
-                 result["baseline_logloss"], result["accuracy"])
+    logging.info("step %d %s: auc %.4f logloss %.4f (constant %.4f) accuracy %.4f"
+                 " calibration %.3f", step, split_name, result["auc"], result["logloss"],
+                 result["baseline_logloss"], result["accuracy"], result["calibration"])
     return result
 
   def save():
@@ -433,9 +447,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   report = {
       "model": config.model.name,
       "embedding": config.embedding.kind,
-      **{k: result[k] for k in ("auc", "logloss", "accuracy", "normalized_entropy",
+      **{k: result[k] for k in ("auc", "logloss", "accuracy", "normalized_entropy", "calibration",
                                 "baseline_logloss", "baseline_accuracy", "positive_rate")},
-      **{k: result[k] for k in ("bayes_auc", "bayes_logloss") if k in result},
+      **{k: result[k] for k in ("bayes_auc", "bayes_logloss", "auc_over_bayes") if k in result},
       "num_train_examples": len(splits.train),
       "num_eval_examples": len(splits.test),
       "eval_split": "test",

@@ -1,4 +1,4 @@
-"""Whole-split CTR metrics: exact AUC with ties, logloss, accuracy, normalized entropy.
+"""Whole-split CTR metrics: exact AUC with ties, logloss, accuracy, normalized entropy, calibration.
 
 All host-side numpy over the complete evaluation split (never one batch), with
 the constant predictor at the training positive rate reported beside them.
@@ -47,6 +47,12 @@ def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
   return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+def calibration(labels: np.ndarray, probs: np.ndarray) -> float:
+  """Mean predicted probability / observed click rate (1.0: calibrated on average)."""
+  rate = float(np.mean(labels)) if len(labels) else float("nan")
+  return float(np.mean(probs)) / rate if rate > 0 else float("nan")
+
+
 def accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
   """Share of rows whose prediction `probs > threshold` matches the label."""
   return float(np.mean((np.asarray(probs) > threshold) == (np.asarray(labels) > 0.5)))
@@ -57,9 +63,10 @@ def ctr_metrics(labels: np.ndarray, probs: np.ndarray, train_positive_rate: floa
   """The evaluation report of one split.
 
   Returns auc, logloss, accuracy, normalized_entropy (logloss / the constant
-  predictor's logloss), baseline_logloss, baseline_accuracy (the constant
-  predictor at the training positive rate), positive_rate, and, when the true
-  probabilities are known, bayes_auc and bayes_logloss.
+  predictor's logloss), calibration (mean prediction / observed click rate),
+  baseline_logloss, baseline_accuracy (the constant predictor at the training
+  positive rate), positive_rate, and, when the true probabilities are known,
+  bayes_auc, bayes_logloss and auc_over_bayes (auc / bayes_auc).
   """
   labels = np.asarray(labels, dtype=np.float64)
   constant = np.full_like(labels, train_positive_rate)
@@ -67,6 +74,7 @@ def ctr_metrics(labels: np.ndarray, probs: np.ndarray, train_positive_rate: floa
       "auc": auc(labels, probs),
       "logloss": logloss(labels, probs),
       "accuracy": accuracy(labels, probs),
+      "calibration": calibration(labels, probs),
       "baseline_logloss": logloss(labels, constant),
       "baseline_accuracy": accuracy(labels, constant),
       "positive_rate": float(labels.mean()) if len(labels) else float("nan"),
@@ -75,4 +83,5 @@ def ctr_metrics(labels: np.ndarray, probs: np.ndarray, train_positive_rate: floa
   if oracle_probs is not None:
     out["bayes_auc"] = auc(labels, oracle_probs)
     out["bayes_logloss"] = logloss(labels, oracle_probs)
+    out["auc_over_bayes"] = out["auc"] / out["bayes_auc"]
   return out

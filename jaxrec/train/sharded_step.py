@@ -106,7 +106,7 @@ def _local_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: 
                for name, i in ids.items()}
   all_grads = {name: _gather_batch(g) for name, g in row_grads.items()}
   tables, table_opt_state = table_opt.update(state.tables, state.table_opt_state, local_ids,
-                                             all_grads)
+                                             all_grads, state.step)
   new_state = state.replace(step=state.step + 1, params=params, tables=tables,
                             opt_state=opt_state, table_opt_state=table_opt_state)
   return new_state, {"loss_sum": jax.lax.psum(loss_sum, ALL), "weight_sum": weight_sum}

@@ -12,6 +12,10 @@ scattered into the touched rows:
   ``size``), then ``acc += mean(g**2)`` and ``row -= lr * g / (sqrt(acc) + eps)``
   for each touched row — identical to dense row-wise Adagrad, where untouched
   rows see a zero gradient.
+
+The learning rate is a float or a schedule of the train step (see
+`jaxrec.train.schedules`): `update` takes the step as a traced array, so a
+schedule costs no recompilation.
 """
 
 from __future__ import annotations
@@ -20,21 +24,29 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 Tables = Mapping[str, jax.Array]
 SparseState = Any
 
 
 class SparseOptimizer(NamedTuple):
-  """init(tables) -> state; update(tables, state, ids, row_grads) -> (tables, state).
+  """init(tables) -> state; update(tables, state, ids, row_grads, step) -> (tables, state).
 
   ids: {table: int [...]} global rows; row_grads: {table: [..., width]}, the
-  loss gradient with respect to each gathered row (same leading shape as ids).
+  loss gradient with respect to each gathered row (same leading shape as ids);
+  step: the train step (0-based) at which the learning-rate schedule is read.
   """
 
   init: Callable[[Tables], SparseState]
-  update: Callable[[Tables, SparseState, Mapping[str, jax.Array], Mapping[str, jax.Array]],
-                   tuple[dict[str, jax.Array], SparseState]]
+  update: Callable[..., tuple[dict[str, jax.Array], SparseState]]
+
+
+LearningRate = float | optax.Schedule
+
+
+def _rate(learning_rate: LearningRate, step) -> jax.Array | float:
+  return learning_rate(step) if callable(learning_rate) else learning_rate
 
 
 def _flatten(ids: jax.Array, grads: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -52,25 +64,26 @@ def sum_duplicates(ids: jax.Array, grads: jax.Array, num_rows: int) -> tuple[jax
   return unique, summed
 
 
-def sgd(learning_rate: float) -> SparseOptimizer:
+def sgd(learning_rate: LearningRate) -> SparseOptimizer:
   """Plain SGD on touched rows (the DLRM reference's sparse update)."""
 
   def init(tables):
     del tables
     return {}
 
-  def update(tables, state, ids, row_grads):
+  def update(tables, state, ids, row_grads, step=0):
     new = dict(tables)
+    rate = _rate(learning_rate, step)
     for name in ids:  # one entry per stacked table, not per column
       flat_ids, flat_grads = _flatten(ids[name], row_grads[name])
       new[name] = tables[name].at[flat_ids].add(
-          (-learning_rate * flat_grads).astype(tables[name].dtype))
+          (-rate * flat_grads).astype(tables[name].dtype))
     return new, state
 
   return SparseOptimizer(init, update)
 
 
-def rowwise_adagrad(learning_rate: float, initial_accumulator: float = 0.0,
+def rowwise_adagrad(learning_rate: LearningRate, initial_accumulator: float = 0.0,
                     eps: float = 1e-8) -> SparseOptimizer:
   """Lazy row-wise Adagrad: one float32 accumulator per table row."""
 
@@ -78,16 +91,17 @@ def rowwise_adagrad(learning_rate: float, initial_accumulator: float = 0.0,
     return {name: jnp.full((t.shape[0],), initial_accumulator, jnp.float32)
             for name, t in tables.items()}
 
-  def update(tables, state, ids, row_grads):
+  def update(tables, state, ids, row_grads, step=0):
     new_tables, new_state = dict(tables), dict(state)
+    rate = _rate(learning_rate, step)
     for name in ids:
       table, acc = tables[name], state[name]
       flat_ids, flat_grads = _flatten(ids[name], row_grads[name])
       unique, summed = sum_duplicates(flat_ids, flat_grads, table.shape[0])
       row_acc = acc.at[unique].get(mode="fill", fill_value=0.0) + jnp.mean(summed**2, axis=1)
-      step = -learning_rate * summed / (jnp.sqrt(row_acc) + eps)[:, None]
+      delta = -rate * summed / (jnp.sqrt(row_acc) + eps)[:, None]
       new_state[name] = acc.at[unique].set(row_acc, mode="drop")
-      new_tables[name] = table.at[unique].add(step.astype(table.dtype), mode="drop")
+      new_tables[name] = table.at[unique].add(delta.astype(table.dtype), mode="drop")
     return new_tables, new_state
 
   return SparseOptimizer(init, update)
@@ -96,8 +110,8 @@ def rowwise_adagrad(learning_rate: float, initial_accumulator: float = 0.0,
 SPARSE_OPTIMIZERS = {"sgd": sgd, "rowwise_adagrad": rowwise_adagrad}
 
 
-def create(name: str, learning_rate: float) -> SparseOptimizer:
-  """The sparse table optimizer `name` ("sgd" or "rowwise_adagrad")."""
+def create(name: str, learning_rate: LearningRate) -> SparseOptimizer:
+  """The sparse table optimizer `name` ("sgd" or "rowwise_adagrad"); a float rate or a schedule."""
   if name not in SPARSE_OPTIMIZERS:
     raise ValueError(f"unknown embedding optimizer {name!r}; choose from {sorted(SPARSE_OPTIMIZERS)}")
   return SPARSE_OPTIMIZERS[name](learning_rate)

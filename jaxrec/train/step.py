@@ -87,7 +87,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: CTRMode
       (state.params, state.opt_state))
   ids = {k: jnp.where(finite, v, state.tables[k].shape[0]) for k, v in ids.items()}
   row_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0), row_grads)
-  tables, table_opt_state = table_opt.update(state.tables, state.table_opt_state, ids, row_grads)
+  tables, table_opt_state = table_opt.update(state.tables, state.table_opt_state, ids, row_grads,
+                                             state.step)
   new_state = state.replace(step=state.step + 1, params=params, tables=tables,
                             opt_state=opt_state, table_opt_state=table_opt_state)
   weight_sum = jnp.sum(batch["mask"])
@@ -149,8 +150,9 @@ def make_predict(model: CTRModel):
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
 
-def dense_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-  """The optax optimizer `name` (one of DENSE_OPTIMIZERS) for the non-table params."""
+def dense_optimizer(name: str, learning_rate: sparse.LearningRate) -> optax.GradientTransformation:
+  """The optax optimizer `name` (one of DENSE_OPTIMIZERS) for the non-table params; a float
+  rate or a schedule (`jaxrec.train.schedules`)."""
   if name == "sgd":
     return optax.sgd(learning_rate)
   if name == "adam":
