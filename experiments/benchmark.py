@@ -278,7 +278,7 @@ class Variant:
 
 
 def build_variant(model_name: str, rank_fraction: float, vocab_sizes, compute_dtype: str,
-                  seed: int) -> Variant | str:
+                  seed: int, cpu_kernels: bool | None = None) -> Variant | str:
   """The variant, or a string saying why it is skipped."""
   import jax
   from jaxrec.layers.embeddings import EmbeddingConfig
@@ -287,7 +287,8 @@ def build_variant(model_name: str, rank_fraction: float, vocab_sizes, compute_dt
 
   if model_name not in registry.MODELS:
     return f"model {model_name!r} is not registered in jaxrec.models.MODELS"
-  model_config = registry.ModelConfig(name=model_name, compute_dtype=compute_dtype)
+  model_config = registry.ModelConfig(name=model_name, compute_dtype=compute_dtype,
+                                      cpu_kernels=cpu_kernels)
   embedding_config = EmbeddingConfig(dim=16)
   if hasattr(registry, "embedding_config_for"):  # e.g. AFM's first-order rows
     embedding_config = registry.embedding_config_for(model_config, embedding_config)
@@ -435,8 +436,7 @@ def run(config: BenchConfig, log=print) -> list[dict]:
   device = device_name()
   cpu = host_cpu()
   memory_allocator = allocator.current_allocator()
-  cpu_kernels.set_enabled(config.cpu_kernels)
-  kernels = cpu_kernels.use_kernels()
+  kernels = cpu_kernels.resolve(None if config.cpu_kernels else False)
   log(f"device {device}; host {cpu['model']} ({cpu['logical_cpus']} CPUs;"
       f" {' '.join(cpu['features']) or 'no listed features'}); jax {jax.__version__};"
       f" allocator {memory_allocator}; fused CPU kernels {'on' if kernels else 'off'};"
@@ -478,7 +478,8 @@ def run(config: BenchConfig, log=print) -> list[dict]:
       _rss_reset()
       built = []
       for model_name, fraction in group:
-        variant = build_variant(model_name, fraction, vocab, config.compute_dtype, config.seed)
+        variant = build_variant(model_name, fraction, vocab, config.compute_dtype, config.seed,
+                                None if config.cpu_kernels else False)
         if isinstance(variant, str):
           log(f"skipped: {variant}")
         else:
@@ -536,7 +537,8 @@ def _record(workload, variant, batch_size, tables, runner, result, peak, num_dev
       "steps_per_call": runner.steps_per_call,
       "window_examples_per_sec": rates, "interleaved": config.interleave,
       "loadavg": _loadavg(), "mesh": config.mesh or None, "num_devices": num_devices,
-      "allocator": memory_allocator, "cpu_kernels": cpu_kernels.use_kernels(),
+      "allocator": memory_allocator,
+      "cpu_kernels": cpu_kernels.resolve(None if config.cpu_kernels else False),
   }
 
 

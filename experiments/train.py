@@ -272,7 +272,8 @@ def config_from_flags():
                       compute_dtype=FLAGS.compute_dtype, attention_factor=FLAGS.attention_factor,
                       dropout=FLAGS.dropout, attention_l2=FLAGS.attention_l2,
                       cross_layers=FLAGS.cross_layers, cross_rank=FLAGS.cross_rank or None,
-                      dcn_structure=FLAGS.dcn_structure, deep_mlp=deep)
+                      dcn_structure=FLAGS.dcn_structure, deep_mlp=deep,
+                      cpu_kernels=None if FLAGS.cpu_kernels else False)
   try:
     embedding = embedding_config_for(
         model, embedding_flags.embedding_config_from_flags(FLAGS.embedding_dim))
@@ -401,8 +402,6 @@ def main(argv):
   from jaxrec.train.faults import NonFiniteError
   from jaxrec.train.loop import ResumeError, train_and_evaluate
   from jaxrec.train.sharding import MeshError
-  from jaxrec.kernels import cpu as cpu_kernels
-  cpu_kernels.set_enabled(FLAGS.cpu_kernels)
   on_end = None
   if FLAGS.attention_heatmap:
     from experiments.attention_heatmap import write_attention_report

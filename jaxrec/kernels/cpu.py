@@ -5,25 +5,26 @@ pair scores and attention-weighted pair sum (each forward and backward). XLA:CPU
 tiny matmuls and element-wise passes over [B·P, k] tensors at memory speed; the
 kernels keep each example's pair work in registers and L1.
 
-On first use the source is compiled with the system C++ compiler (``$CXX``, else
-``c++``/``g++``) for this host (``-O3 -march=native``) into a cache directory
+The kernels are written for 16-lane float vectors and are used only on CPUs with
+AVX-512 (built for AVX2 they were slower than XLA), which is checked before
+anything is compiled. ``python -m jaxrec.kernels.build`` compiles the source
+ahead of time with the system C++ compiler (``$CXX``, else ``c++``/``g++``) for
+this host (``-O3 -march=native``) into a cache directory
 (``$JAXREC_KERNEL_CACHE``, else ``~/.cache/jaxrec/kernels``) under a name keyed by
-the source, the compiler, the flags, the host CPU and jaxlib, and the handlers are
-registered with XLA for the CPU platform. Where that cannot happen (no compiler, a
-build error, ``JAXREC_CPU_KERNELS=0``) `available()` is False, one warning is
-logged, and the layers use their XLA formulation, which GPUs always use. The
-kernels are written for 16-lane float vectors and are used only on CPUs with
-AVX-512 (built for AVX2 they were slower than XLA).
+the source, the compiler, the flags, the host CPU and jaxlib; otherwise the first
+`available()` call builds it. Where that cannot happen (no AVX-512, no compiler,
+a build error, ``JAXREC_CPU_KERNELS=0``) `available()` is False, one message is
+logged, and the layers use their XLA formulation, which GPUs always use.
 
-Layers call `use_kernels()` at trace time: True on a CPU default backend with the
-kernels built and not switched off, process-wide by `set_enabled(False)` or per
-thread by `disabled()` (which `jaxrec.serving.export` uses, so that exported
-artifacts hold no custom calls).
+Whether a layer uses the kernels is a static field of the layer (``kernels``),
+set from the model config's ``cpu_kernels`` by `resolve` when the network is
+built: outside any jit trace, and part of the jitted function's identity (no
+global switch read at trace time). Layers only call the registered targets;
+nothing is compiled while a function is traced.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import importlib.metadata
@@ -34,7 +35,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Iterator
 
 import jax
 import numpy as np
@@ -98,9 +98,9 @@ MATMUL_FLOPS = {
     "jaxrec_afm_weighted_sum_bwd": lambda i, o: _weighted_sum_flops(i, o, 2),
 }
 
-_state = threading.local()
 _lock = threading.Lock()
 _available: bool | None = None  # decided by the first `available()` call
+_reason = ""  # why the kernels are unavailable, once decided
 
 
 def _compiler() -> str | None:
@@ -124,6 +124,16 @@ def _jaxlib_version() -> str:
     return importlib.metadata.version("jaxlib")
   except importlib.metadata.PackageNotFoundError:
     return jax.__version__
+
+
+def avx512_supported() -> bool | None:
+  """Whether the host CPU has AVX-512F (from /proc/cpuinfo); None where it cannot tell."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      flags = next((line for line in f if line.startswith("flags")), None)
+  except OSError:
+    return None
+  return None if flags is None else "avx512f" in flags.split()
 
 
 def _cache_dir() -> str:
@@ -165,58 +175,63 @@ def build(compiler: str | None = None, cache_dir: str | None = None) -> str:
 
 
 def available() -> bool:
-  """Builds and registers the kernels once per process; False (with a warning) if impossible."""
-  global _available
-  with _lock:  # one build and one registration, also when threads trace at once
+  """Builds (if needed) and registers the kernels once per process; False if impossible.
+
+  Call it outside jit (model builders do, through `resolve`): it may compile.
+  """
+  global _available, _reason
+  with _lock:  # one build and one registration, also when threads build at once
     if _available is None:
-      _available = _load()
+      _reason = _load()
+      _available = not _reason
+      if _reason:
+        logging.info("jaxrec CPU kernels unavailable, using the XLA formulation: %s", _reason)
     return _available
 
 
-def _load() -> bool:
+def unavailable_reason() -> str:
+  """Why `available()` is False ("" when the kernels are loaded)."""
+  available()
+  return _reason
+
+
+def _load() -> str:
+  """Loads and registers the kernels; "" on success, else the reason they are not used."""
   if os.environ.get(ENABLE_ENV, "1") == "0":
-    return False
+    return f"switched off by {ENABLE_ENV}=0"
+  if avx512_supported() is False:  # checked before compiling anything
+    return "the CPU has no AVX-512 (the kernels use 16-lane vectors)"
   try:
     library = ctypes.cdll.LoadLibrary(build())
     bits = library.JaxrecVectorBits()
     if bits < REQUIRED_VECTOR_BITS:
-      logging.info("jaxrec CPU kernels need AVX-512 (this build targets %d-bit vectors);"
-                   " using the XLA formulation", bits)
-      return False
+      return f"they need AVX-512 (this build targets {bits}-bit vectors)"
     for target, symbol in TARGETS.items():
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                   platform="cpu")
   except Exception as error:  # noqa: BLE001 - any failure means "use XLA"
-    logging.warning("jaxrec CPU kernels unavailable, using the XLA formulation: %s", error)
-    return False
-  return True
+    return str(error)
+  return ""
 
 
-_enabled = True
+def resolve(requested: bool | None) -> bool:
+  """A config's ``cpu_kernels`` -> the layers' static ``kernels`` field (call outside jit).
+
+  None: the kernels where they can run (a CPU default backend, built and loaded);
+  False: the XLA formulation; True: the kernels, or ValueError saying why not.
+  """
+  if requested is None:
+    return jax.default_backend() == "cpu" and available()
+  if requested and not available():
+    raise ValueError(f"cpu_kernels=True but the CPU kernels are unavailable: {_reason}")
+  return bool(requested)
 
 
-def set_enabled(enabled: bool) -> None:
-  """Process-wide switch (experiments' ``--cpu_kernels``); affects later traces only."""
-  global _enabled
-  _enabled = bool(enabled)
-
-
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-  """Within this context (per thread) layers trace their XLA formulation."""
-  previous = getattr(_state, "disabled", False)
-  _state.disabled = True
-  try:
-    yield
-  finally:
-    _state.disabled = previous
-
-
-def use_kernels() -> bool:
-  """Whether a layer being traced now should call the CPU kernels."""
-  if not _enabled or getattr(_state, "disabled", False) or jax.default_backend() != "cpu":
-    return False
-  return available()
+def _require_loaded() -> None:
+  """Layers call this while tracing a kernel call: it never builds."""
+  if not _available:
+    raise RuntimeError("a layer was built with kernels=True but the CPU kernels are not loaded:"
+                       " build models with jaxrec.kernels.cpu.resolve (outside jit)")
 
 
 def dot_interaction_supported(x: jax.Array, fields: jax.Array) -> bool:
@@ -238,6 +253,11 @@ def _struct(shape, dtype=np.float32) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
+def _ffi_call(target: str, result_shapes):
+  _require_loaded()
+  return jax.ffi.ffi_call(target, result_shapes, vmap_method="sequential")
+
+
 def _varying(out: jax.Array, *like: jax.Array) -> jax.Array:
   """Inside shard_map, an FFI result varies over the mesh axes its inputs vary over
   (a custom VJP's cotangents must match its inputs' types); a no-op elsewhere."""
@@ -251,16 +271,14 @@ def dot_interaction_forward(x: jax.Array, fields: jax.Array, self_interaction: b
   batch, num_fields, dim = fields.shape
   n = num_fields + 1
   pairs = n * (n + 1) // 2 if self_interaction else n * (n - 1) // 2
-  call = jax.ffi.ffi_call("jaxrec_dot_interaction_fwd", _struct((batch, dim + pairs)),
-                          vmap_method="sequential")
+  call = _ffi_call("jaxrec_dot_interaction_fwd", _struct((batch, dim + pairs)))
   return _varying(call(x, fields, self_interaction=np.int64(self_interaction)), x, fields)
 
 
 def dot_interaction_backward(x: jax.Array, fields: jax.Array, g: jax.Array,
                              self_interaction: bool) -> tuple[jax.Array, jax.Array]:
   """Cotangents (dx, dfields) of `dot_interaction_forward` for output cotangent g."""
-  call = jax.ffi.ffi_call("jaxrec_dot_interaction_bwd",
-                          (_struct(x.shape), _struct(fields.shape)), vmap_method="sequential")
+  call = _ffi_call("jaxrec_dot_interaction_bwd", (_struct(x.shape), _struct(fields.shape)))
   dx, dfields = call(x, fields, g, self_interaction=np.int64(self_interaction))
   return _varying(dx, x), _varying(dfields, fields)
 
@@ -269,9 +287,7 @@ def afm_scores_forward(fields: jax.Array, kernel: jax.Array, bias: jax.Array,
                        h: jax.Array) -> jax.Array:
   """Attention scores hᵀ ReLU(Wᵀ(v_i ⊙ v_j) + b) of the pairs i < j (row-major): [B, P]."""
   batch, num_fields, _ = fields.shape
-  call = jax.ffi.ffi_call("jaxrec_afm_scores_fwd",
-                          _struct((batch, num_fields * (num_fields - 1) // 2)),
-                          vmap_method="sequential")
+  call = _ffi_call("jaxrec_afm_scores_fwd", _struct((batch, num_fields * (num_fields - 1) // 2)))
   return _varying(call(fields, kernel, bias, h), fields)
 
 
@@ -279,26 +295,20 @@ def afm_scores_backward(fields: jax.Array, kernel: jax.Array, bias: jax.Array, h
                         d_scores: jax.Array
                         ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Cotangents (fields, kernel, bias, h) of `afm_scores_forward` for score cotangents [B, P]."""
-  call = jax.ffi.ffi_call(
-      "jaxrec_afm_scores_bwd",
-      (_struct(fields.shape), _struct(kernel.shape), _struct(bias.shape), _struct(h.shape)),
-      vmap_method="sequential")
+  call = _ffi_call("jaxrec_afm_scores_bwd", tuple(_struct(x.shape) for x in (fields, kernel, bias, h)))
   grads = call(fields, kernel, bias, h, d_scores)
   return tuple(_varying(g, x) for g, x in zip(grads, (fields, kernel, bias, h)))
 
 
 def afm_weighted_sum_forward(weights: jax.Array, fields: jax.Array) -> jax.Array:
   """Σ_{i<j} a_ij (v_i ⊙ v_j) for weights [B, P] and fields [B, F, k]: [B, k]."""
-  call = jax.ffi.ffi_call("jaxrec_afm_weighted_sum_fwd",
-                          _struct((fields.shape[0], fields.shape[2])), vmap_method="sequential")
+  call = _ffi_call("jaxrec_afm_weighted_sum_fwd", _struct((fields.shape[0], fields.shape[2])))
   return _varying(call(weights, fields), weights, fields)
 
 
 def afm_weighted_sum_backward(weights: jax.Array, fields: jax.Array, g: jax.Array
                               ) -> tuple[jax.Array, jax.Array]:
   """Cotangents (weights, fields) of `afm_weighted_sum_forward` for g [B, k]."""
-  call = jax.ffi.ffi_call("jaxrec_afm_weighted_sum_bwd",
-                          (_struct(weights.shape), _struct(fields.shape)),
-                          vmap_method="sequential")
+  call = _ffi_call("jaxrec_afm_weighted_sum_bwd", (_struct(weights.shape), _struct(fields.shape)))
   d_weights, d_fields = call(weights, fields, g)
   return _varying(d_weights, weights), _varying(d_fields, fields)

@@ -150,15 +150,15 @@ _attention_scores.defvjp(_attention_scores_fwd, _attention_scores_bwd)
 
 
 def pair_scores(fields: jax.Array, kernel: jax.Array, bias: jax.Array, h: jax.Array,
-                dtype: jnp.dtype | None = None) -> jax.Array:
+                dtype: jnp.dtype | None = None, kernels: bool = False) -> jax.Array:
   """Attention scores hᵀ ReLU(Wᵀ(v_i ⊙ v_j) + b) of all pairs i < j: [B, F, k] -> [B, P].
 
-  On a CPU backend with float32 inputs this is one fused C++ kernel per direction
+  With `kernels` and float32 inputs this is one fused C++ kernel per direction
   (`jaxrec.kernels.cpu`: each example's pair products and hidden layer stay in
   registers; the backward recomputes them); otherwise the [B·P, k] pair products
   are materialised and scored by `attention_scores`.
   """
-  if (cpu_kernels.use_kernels() and jnp.dtype(dtype or fields.dtype) == jnp.float32
+  if (kernels and jnp.dtype(dtype or fields.dtype) == jnp.float32
       and bias.dtype == h.dtype == jnp.float32
       and cpu_kernels.afm_scores_supported(fields, kernel)):
     kernel, bias, h = (vary_like(w, fields) for w in (kernel, bias, h))
@@ -192,17 +192,17 @@ def _weight_matrix(weights: jax.Array, num_fields: int, symmetric: bool = False)
   return _with_zero_slot(weights)[:, cells.reshape(-1)].reshape(-1, num_fields, num_fields)
 
 
-def weighted_pair_sum(weights: jax.Array, fields: jax.Array) -> jax.Array:
+def weighted_pair_sum(weights: jax.Array, fields: jax.Array, kernels: bool = False) -> jax.Array:
   """Σ_{i<j} a_ij (v_i ⊙ v_j): [B, P] weights, [B, F, k] fields -> [B, k].
 
-  On a CPU backend with float32 inputs, a fused kernel per direction
+  With `kernels` and float32 inputs, a fused kernel per direction
   (`jaxrec.kernels.cpu`). Otherwise computed as Σ_i v_i ⊙ (A v)_i with the
   upper-triangular weight matrix A, one small batched matmul, so the [B, P, k]
   products are never read; the VJP likewise: da_ij = gᵀ(v_i ⊙ v_j) from the Gram
   matrix of (g ⊙ v) and v, and dv = g ⊙ (A + Aᵀ) v.
   """
   # Decided outside the custom VJP, so that the choice is part of its trace key.
-  use_kernel = cpu_kernels.use_kernels() and cpu_kernels.weighted_sum_supported(weights, fields)
+  use_kernel = kernels and cpu_kernels.weighted_sum_supported(weights, fields)
   return _weighted_pair_sum(weights, fields, use_kernel)
 
 
@@ -272,15 +272,16 @@ def batch_chunks(batch: int, chunk_size: int) -> list[tuple[int, int]]:
 
 
 def attention_pool(fields: jax.Array, kernel: jax.Array, bias: jax.Array, h: jax.Array,
-                   pair_mask: jax.Array | None = None, dtype: jnp.dtype | None = None
-                   ) -> tuple[jax.Array, jax.Array]:
+                   pair_mask: jax.Array | None = None, dtype: jnp.dtype | None = None,
+                   kernels: bool = False) -> tuple[jax.Array, jax.Array]:
   """AFM pooling of [B, F, k] fields with attention W = `kernel`, b = `bias`, h.
 
-  Returns the pooled vectors [B, k] and the attention weights [B, P].
+  Returns the pooled vectors [B, k] and the attention weights [B, P]. `kernels`:
+  the fused CPU kernels where they support the shapes.
   """
-  scores = pair_scores(fields, kernel, bias, h, dtype)
+  scores = pair_scores(fields, kernel, bias, h, dtype, kernels)
   weights = masked_softmax(scores, pair_mask)
-  return weighted_pair_sum(weights, fields.astype(jnp.float32)), weights
+  return weighted_pair_sum(weights, fields.astype(jnp.float32), kernels), weights
 
 
 class AFMPooling(nn.Module):
@@ -296,12 +297,14 @@ class AFMPooling(nn.Module):
     attention: learn the weights (AFM); False = uniform weights (FM).
     dtype: compute dtype of the attention matmul.
     chunk_size: examples per slice (None = the whole batch at once).
+    kernels: the fused CPU kernels (`jaxrec.kernels.cpu`).
   """
 
   attention_factor: int = 16
   attention: bool = True
   dtype: jnp.dtype | None = None
   chunk_size: int | None = 256
+  kernels: bool = False
 
   @nn.compact
   def __call__(self, fields: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -319,7 +322,7 @@ class AFMPooling(nn.Module):
     for start, stop in batch_chunks(fields.shape[0], self.chunk_size or fields.shape[0]):
       chunk_pooled, chunk_weights = attention_pool(
           fields[start:stop], kernel, attention["bias"], h,
-          None if pair_mask is None else pair_mask[start:stop], self.dtype)
+          None if pair_mask is None else pair_mask[start:stop], self.dtype, self.kernels)
       pooled.append(chunk_pooled)
       weights.append(chunk_weights)
     self.sow("intermediates", "attention_weights", jnp.concatenate(weights))
@@ -347,6 +350,7 @@ class AFMHead(nn.Module):
       attention is exactly the FM sum Σ_{i<j} v_i ⊙ v_j (not its mean) and the
       pairwise term starts on the FM's scale rather than 1/P of it.
     dtype: compute dtype of the attention matmul.
+    kernels: the fused CPU kernels (`jaxrec.kernels.cpu`).
   """
 
   attention_factor: int = 16
@@ -354,12 +358,13 @@ class AFMHead(nn.Module):
   dropout: float = 0.0
   scale_by_pairs: bool = True
   dtype: jnp.dtype | None = None
+  kernels: bool = False
 
   @nn.compact
   def __call__(self, fields: jax.Array, mask: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
-    pooled = AFMPooling(self.attention_factor, self.attention, self.dtype, name="pooling")(
-        fields, mask)
+    pooled = AFMPooling(self.attention_factor, self.attention, self.dtype,
+                        kernels=self.kernels, name="pooling")(fields, mask)
     if self.scale_by_pairs:
       pooled = pooled * present_pair_count(fields, mask)[:, None]
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)

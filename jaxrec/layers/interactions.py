@@ -4,10 +4,11 @@ Both take the bottom-MLP output ``x [B, d]`` and field embeddings
 ``fields [B, F, d]`` and return the top MLP's input. Pairs are vectorised: one
 batched matmul and one static gather, no Python loop over the F(F+1)/2 pairs.
 
-On a CPU backend, float32 inputs go to a fused C++ kernel
-(`jaxrec.kernels.cpu`; the Gram rows of each example computed in registers,
-3-4x faster than XLA:CPU's batched 27x27 matmuls at batch 2048); elsewhere, and
-where the kernel is unavailable, the XLA formulation below runs.
+With ``kernels=True`` (set by the model builder on a CPU backend where the
+kernels are built, see `jaxrec.kernels.cpu.resolve`), float32 inputs go to a
+fused C++ kernel (the Gram rows of each example computed in registers, 3-4x
+faster than XLA:CPU's batched 27x27 matmuls at batch 2048); otherwise the XLA
+formulation below runs.
 
 The dot interaction has a hand-written VJP. Autodiff of the static gather is a
 scatter-add into a zero-filled ``[B, n*n]`` buffer, which on CPU cost more than
@@ -45,15 +46,16 @@ def _symmetric_map(num_vectors: int, self_interaction: bool) -> np.ndarray:
   return cells.reshape(-1)
 
 
-def dot_interaction(x: jax.Array, fields: jax.Array, self_interaction: bool = False) -> jax.Array:
+def dot_interaction(x: jax.Array, fields: jax.Array, self_interaction: bool = False,
+                    kernels: bool = False) -> jax.Array:
   """[x, <t_i, t_j> for pairs of t = (x, fields...)] -> [B, d + P].
 
-  With 26 fields and self_interaction False, P = 27 * 26 / 2 = 351. On a CPU
-  backend the fused kernel; otherwise one batched Gram matmul, then the lower
-  triangle's row slices.
+  With 26 fields and self_interaction False, P = 27 * 26 / 2 = 351. With
+  `kernels` (and a supported width) the fused CPU kernel; otherwise one batched
+  Gram matmul, then the lower triangle's row slices.
   """
   # Decided here, outside the custom VJP, so that the choice is part of its trace key.
-  use_kernel = cpu_kernels.use_kernels() and cpu_kernels.dot_interaction_supported(x, fields)
+  use_kernel = kernels and cpu_kernels.dot_interaction_supported(x, fields)
   return _dot_interaction(x, fields, self_interaction, use_kernel)
 
 
@@ -102,12 +104,13 @@ def cat_interaction(x: jax.Array, fields: jax.Array) -> jax.Array:
 
 
 class DotInteraction(nn.Module):
-  """DLRM's dot interaction (no parameters)."""
+  """DLRM's dot interaction (no parameters); `kernels`: the fused CPU kernel."""
 
   self_interaction: bool = False
+  kernels: bool = False
 
   def __call__(self, x: jax.Array, fields: jax.Array) -> jax.Array:
-    return dot_interaction(x, fields, self.self_interaction)
+    return dot_interaction(x, fields, self.self_interaction, self.kernels)
 
 
 class CatInteraction(nn.Module):

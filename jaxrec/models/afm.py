@@ -31,6 +31,7 @@ class AFM(nn.Module):
     attention_factor: hidden size t of the attention network.
     dropout: dropout rate on the pooled pairwise layer.
     dtype: matmul compute dtype (None = float32).
+    kernels: the attention as the fused CPU kernels (`jaxrec.kernels.cpu`).
   """
 
   layout: EmbeddingLayout
@@ -38,6 +39,7 @@ class AFM(nn.Module):
   attention_factor: int = 16
   dropout: float = 0.5
   dtype: jnp.dtype | None = None
+  kernels: bool = False
 
   @nn.compact
   def __call__(self, dense: jax.Array, rows: Mapping[str, jax.Array], *,
@@ -45,8 +47,8 @@ class AFM(nn.Module):
     x = MLP(self.bottom_mlp, activate_final=True, dtype=self.dtype, name="bottom")(dense)
     fields = FieldEmbeddings(self.layout, name="embedding")(rows)
     vectors = jnp.concatenate([x[:, None, :], fields.astype(x.dtype)], axis=1)  # [B, 27, d]
-    pairwise = AFMHead(self.attention_factor, True, self.dropout, self.dtype, name="afm")(
-        vectors, train=train)
+    pairwise = AFMHead(self.attention_factor, True, self.dropout, self.dtype,
+                       kernels=self.kernels, name="afm")(vectors, train=train)
     linear = Dense(1, use_bias=False, kernel_init=nn.initializers.zeros,
                    name="linear")(dense)[..., 0]
     return pairwise + linear + first_order_sum(rows)

@@ -36,6 +36,7 @@ class AFMClassic(nn.Module):
     dropout: dropout rate on the pooled pairwise layer.
     attention: learned pair weights (AFM) or uniform ones (FM).
     dtype: attention matmul compute dtype (None = float32).
+    kernels: the attention as the fused CPU kernels (`jaxrec.kernels.cpu`).
   """
 
   layout: EmbeddingLayout
@@ -43,6 +44,7 @@ class AFMClassic(nn.Module):
   dropout: float = 0.5
   attention: bool = True
   dtype: jnp.dtype | None = None
+  kernels: bool = False
 
   @nn.compact
   def __call__(self, dense: jax.Array, rows: Mapping[str, jax.Array], *,
@@ -55,7 +57,7 @@ class AFMClassic(nn.Module):
     vectors = jnp.concatenate([dense_fields, fields], axis=1)  # [B, 39, k]
     mask = jnp.concatenate([dense_mask, jnp.ones(fields.shape[:2], jnp.float32)], axis=1)
     pairwise = AFMHead(self.attention_factor, self.attention, self.dropout, self.dtype,
-                       name="afm")(vectors, mask, train=train)
+                       kernels=self.kernels, name="afm")(vectors, mask, train=train)
     linear = Dense(1, use_bias=False, kernel_init=nn.initializers.zeros,
                    name="linear")(dense)[..., 0]
     return pairwise + linear + first_order_sum(rows)

@@ -25,6 +25,7 @@ class DLRM(nn.Module):
     self_interaction: include <t_i, t_i> terms (the reference's
       arch-interaction-itself).
     dtype: matmul compute dtype (None = float32).
+    kernels: the dot interaction as the fused CPU kernel (`jaxrec.kernels.cpu`).
   """
 
   layout: EmbeddingLayout
@@ -33,6 +34,7 @@ class DLRM(nn.Module):
   interaction: str = "dot"
   self_interaction: bool = False
   dtype: jnp.dtype | None = None
+  kernels: bool = False
 
   @nn.compact
   def __call__(self, dense: jax.Array, rows: Mapping[str, jax.Array], *,
@@ -41,7 +43,7 @@ class DLRM(nn.Module):
     x = MLP(self.bottom_mlp, activate_final=True, dtype=self.dtype, name="bottom")(dense)
     fields = FieldEmbeddings(self.layout, name="embedding")(rows)
     if self.interaction == "dot":
-      z = DotInteraction(self.self_interaction, name="interaction")(x, fields)
+      z = DotInteraction(self.self_interaction, self.kernels, name="interaction")(x, fields)
     else:
       z = CatInteraction(name="interaction")(x, fields)
     return MLP(self.top_mlp, dtype=self.dtype, name="top")(z)[..., 0]

@@ -9,6 +9,7 @@ from typing import Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxrec.kernels import cpu as cpu_kernels
 from jaxrec.layers import afm as afm_layer
 from jaxrec.layers.embeddings import EmbeddingConfig, EmbeddingLayout
 from jaxrec.models import afm, afm_classic, dcnv2, deepfm, dlrm, dlrm_dcn, fm
@@ -31,6 +32,11 @@ class ModelConfig:
     cross_rank: init rank of the cross kernels (None = full; dcnv2, dlrm_dcn).
     dcn_structure: "stacked" or "parallel" cross and deep networks (dcnv2).
     deep_mlp: hidden sizes of the deep network (deepfm, dcnv2).
+    cpu_kernels: the pairwise layers (dot interaction, AFM attention) as the
+      fused CPU kernels of `jaxrec.kernels.cpu`: None = where they run (a CPU
+      backend, AVX-512, built), False = their XLA formulation, True = required.
+      Resolved when the network is built (outside jit); the built network holds
+      the answer as a static field. Not part of what a checkpoint must match.
   """
 
   name: str = "dlrm"
@@ -46,6 +52,7 @@ class ModelConfig:
   cross_rank: int | None = None
   dcn_structure: str = "stacked"
   deep_mlp: tuple[int, ...] = (512, 256, 64)
+  cpu_kernels: bool | None = None
 
   @property
   def dtype(self):
@@ -67,7 +74,7 @@ def _build_dlrm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
                     bottom_to_dim=config.interaction == "dot")
   return dlrm.DLRM(layout=layout, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
                    interaction=config.interaction, self_interaction=config.self_interaction,
-                   dtype=config.dtype)
+                   dtype=config.dtype, kernels=cpu_kernels.resolve(config.cpu_kernels))
 
 
 def _check_afm(config: ModelConfig, layout: EmbeddingLayout) -> None:
@@ -87,13 +94,14 @@ def _build_afm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
                      f" {layout.config.dim}, got {config.bottom_mlp[-1]}")
   return afm.AFM(layout=layout, bottom_mlp=config.bottom_mlp,
                  attention_factor=config.attention_factor, dropout=config.dropout,
-                 dtype=config.dtype)
+                 dtype=config.dtype, kernels=cpu_kernels.resolve(config.cpu_kernels))
 
 
 def _build_afm_classic(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:
   _check_afm(config, layout)
   return afm_classic.AFMClassic(layout=layout, attention_factor=config.attention_factor,
-                                dropout=config.dropout, dtype=config.dtype)
+                                dropout=config.dropout, dtype=config.dtype,
+                                kernels=cpu_kernels.resolve(config.cpu_kernels))
 
 
 def _build_fm(config: ModelConfig, layout: EmbeddingLayout) -> nn.Module:

@@ -10,6 +10,7 @@ The artifact layout is described in `jaxrec.serving.artifact`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from typing import Sequence
@@ -18,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.kernels import cpu as cpu_kernels
 from jaxrec.serving import artifact
 from jaxrec.train.run_dir import Run
 
@@ -34,7 +34,11 @@ def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
     platforms: lowering platforms ("cpu", "cuda", "rocm", "tpu").
     batch_size: a fixed batch size, or None for a symbolic one.
   """
-  model = run.model
+  # Artifacts hold only standard ops: the fused CPU kernels are process-local
+  # custom calls that a loader elsewhere would not have.
+  spec = run.spec
+  model = dataclasses.replace(
+      spec, model=dataclasses.replace(spec.model, cpu_kernels=False)).build()
   leaves, treedef = jax.tree_util.tree_flatten(run.variables)
 
   def serve(weights, dense, cat):
@@ -44,13 +48,10 @@ def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
 
   batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
   weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
-  # Artifacts hold only standard ops: the fused CPU kernels are process-local
-  # custom calls that a loader elsewhere would not have.
-  with cpu_kernels.disabled():
-    exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
-        weight_specs,
-        jax.ShapeDtypeStruct((batch, model.num_dense), jnp.float32),
-        jax.ShapeDtypeStruct((batch, model.layout.num_fields), jnp.int32))
+  exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
+      weight_specs,
+      jax.ShapeDtypeStruct((batch, model.num_dense), jnp.float32),
+      jax.ShapeDtypeStruct((batch, model.layout.num_fields), jnp.int32))
   return exported, leaves
 
 

@@ -119,6 +119,8 @@ class ResumeError(ValueError):
 
 def check_resume_compatible(saved: dict, config: TrainConfig) -> None:
   current = json.loads(json.dumps(config.to_json()))
+  for run in (saved, current):  # kernels or not, the same model trains on
+    run.get("model", {}).pop("cpu_kernels", None)
   diffs = [k for k in _RESUME_KEYS if saved.get(k) != current.get(k)]
   if _trained_structure(saved) != _trained_structure(current):
     diffs.append("factorize")

@@ -67,7 +67,9 @@ class ModelSpec:
     return CTRModel.create(self.model, self.embedding, self.vocab_sizes, self.num_dense)
 
   def to_json(self) -> dict:
-    return {"model": dataclasses.asdict(self.model),
+    model = dataclasses.asdict(self.model)
+    model.pop("cpu_kernels", None)  # how this process runs it, not what the network is
+    return {"model": model,
             "embedding": dataclasses.asdict(self.embedding),
             "vocab_sizes": list(self.vocab_sizes), "num_dense": self.num_dense}
 
