@@ -49,6 +49,8 @@ flags.DEFINE_integer("attention_factor", 16, "AFM attention network size.")
 flags.DEFINE_float("attention_l2", 0.0, "L2 weight on the AFM attention W.")
 flags.DEFINE_bool("heatmaps", True, "Write afm / afm_classic attention heat-maps (first seed).")
 flags.DEFINE_string("output_dir", "runs/compare_models", "Where runs and the table go.")
+flags.DEFINE_string("report", None, "Also write the table as a docs page with its provenance"
+                    " header (e.g. docs/model_zoo.md).")
 
 
 def _loadavg() -> str:
@@ -171,6 +173,11 @@ def main(argv):
   with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
     json.dump({"runs": {f"{d}/{m}": runs for (d, m), runs in results.items()},
                "attention": extras, "footer": footer}, f, indent=1)
+  if FLAGS.report:
+    from jaxrec import provenance
+    provenance.write_report(FLAGS.report, "Model zoo: test metrics on the Criteo sample and"
+                            " synthetic data", table)
+    print(f"wrote {FLAGS.report}")
 
 
 if __name__ == "__main__":

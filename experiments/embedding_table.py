@@ -36,6 +36,8 @@ flags.DEFINE_list("datasets", ["criteo10k", "kaggle_synthetic"], "Datasets to ru
 flags.DEFINE_integer("criteo_epochs", 3, "Epochs on the real 10k sample.")
 flags.DEFINE_integer("synthetic_rows", 50_000, "Rows of the Kaggle-cardinality synthetic set.")
 flags.DEFINE_list("only", [], "Run only these strategy labels' prefixes (e.g. full,qr c=4).")
+flags.DEFINE_string("report", None, "Also write the table as a docs page with its provenance"
+                    " header (e.g. docs/embedding_table.md).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITEO_SAMPLE = os.environ.get(
@@ -132,6 +134,10 @@ def main(argv):
   with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
     json.dump(records, f, indent=2, sort_keys=True)
   print(table)
+  if FLAGS.report:
+    from jaxrec import provenance
+    provenance.write_report(FLAGS.report, "Embedding strategies: size and test metrics", table)
+    print(f"wrote {FLAGS.report}")
 
 
 if __name__ == "__main__":

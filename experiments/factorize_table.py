@@ -39,6 +39,8 @@ flags.DEFINE_integer("finetune_epochs", 1, "Fine-tuning epochs after svd / nmf (
 flags.DEFINE_integer("nmf_iterations", 200, "Multiplicative-update iterations per NMF.")
 flags.DEFINE_integer("seed", 0, "Seed of data split, init and order.")
 flags.DEFINE_string("output_dir", "runs/factorize_table", "Where runs and the JSON go.")
+flags.DEFINE_string("report", None, "Also write the tables as a docs page with its provenance"
+                    " header (e.g. docs/factorize_table.md).")
 
 
 def base_config(source: str):
@@ -140,6 +142,10 @@ def main(argv):
     json.dump({"rows": rows, "argv": sys.argv, "loadavg_before": load_before,
                "loadavg_after": load_after, "markdown": table}, f, indent=2)
   print(f"wrote {path}")
+  if FLAGS.report:
+    from jaxrec import provenance
+    provenance.write_report(FLAGS.report, "Low-rank dense layers: before, SVD and NMF", table)
+    print(f"wrote {FLAGS.report}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Tables, plots and the markdown report of `experiments.reproduce`.
+r"""Tables, plots and the markdown report of `experiments.reproduce`.
 
 Pure reporting over the grid's records (metrics.json + history.jsonl of each
 run): mean ± std tables, a quality-vs-size Pareto plot, held-out logloss per
 epoch, inference throughput vs rank fraction, and the single-batch (1/128)
-analysis of the study's accuracy figures.
+analysis of the study's accuracy figures. Everything the pages show is saved in
+results.json (with the machine that measured it), so they re-render from it:
+
+  python -m experiments.reproduce_report --readme   # docs/reproduce/report.md + README table
 """
 
 from __future__ import annotations
@@ -213,32 +216,67 @@ def plot_throughput_vs_rank(sweep, path):
   plt.close(fig)
 
 
+def single_batch_rows(records, batch: int = STUDY_BATCH) -> list[dict[str, Any]]:
+  """Spread of single-batch test accuracies of each dataset's baseline (seed 0) run."""
+  out = []
+  for r in records:
+    if r["approach"] != "baseline" or r["seed"] != 0:
+      continue
+    acc = single_batch_accuracies(r["workdir"], batch)
+    if len(acc) == 0:
+      continue
+    q = np.percentile(acc, [5, 50, 95])
+    out.append({"dataset": r["dataset"], "batches": int(len(acc)), "min": float(acc.min()),
+                "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]),
+                "max": float(acc.max()), "accuracy": r["metrics"]["accuracy"],
+                "baseline_accuracy": r["metrics"]["baseline_accuracy"]})
+  return out
+
+
 def write_report(out_dir: str, records, approaches, epochs, seconds: float | None, *, quick: bool,
                  sweep=None, planned_runs: int | None = None) -> None:
+  """Plots, results.json (everything the pages are rendered from) and report.md."""
+  from jaxrec import provenance
   labels = {k: v[0] for k, v in approaches.items()}
   rows = summary_rows(records)
   plot_pareto(rows, labels, os.path.join(out_dir, "quality_vs_size.png"))
   plot_logloss_vs_epoch(records, labels, os.path.join(out_dir, "logloss_vs_epoch.png"))
   if sweep:
     plot_throughput_vs_rank(sweep, os.path.join(out_dir, "throughput_vs_rank.png"))
+  results = {
+      "command": provenance.command_line(), "provenance": provenance.machine_record(),
+      "seconds": seconds, "quick": quick, "planned_runs": planned_runs,
+      "epochs": {k: v for k, v in epochs.items() if any(r["dataset"] == k for r in records)},
+      "seeds": sorted({r["seed"] for r in records}), "labels": labels, "rows": rows,
+      "single_batch": single_batch_rows(records), "sweep": sweep or [],
+      "records": [{**{k: v for k, v in r.items() if k != "history"},
+                   "workdir": os.path.relpath(r["workdir"], out_dir)} for r in records],
+  }
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  render_report(results, os.path.join(out_dir, "report.md"))
 
-  lines = ["# jaxrec reproduction of the study's experiments", ""]
-  timing = (f"{len(records)} runs in {seconds / 60:.1f} min." if seconds is not None
-            else f"report rebuilt (--report_only) from {len(records)} finished runs.")
-  lines.append(f"Command: `python -m experiments.reproduce --output_dir={out_dir}"
-               f"{' --quick' if quick else ''}` — {timing}")
-  if planned_runs is not None and len(records) < planned_runs:
-    lines += ["", f"**Partial grid: {len(records)} of {planned_runs} planned runs finished.**"
+
+def render_report(results: dict, path: str) -> None:
+  """Writes report.md from results.json's dict alone (plots beside it)."""
+  from jaxrec import provenance
+  labels, rows, records = results["labels"], results["rows"], results["records"]
+  lines = []
+  if results.get("seconds") is not None:
+    lines.append(f"{len(records)} runs in {results['seconds'] / 60:.1f} min.")
+  planned = results.get("planned_runs")
+  if planned is not None and len(records) < planned:
+    lines += ["", f"**Partial grid: {len(records)} of {planned} planned runs finished.**"
               " Cells below cover only the finished runs; re-running the command trains the rest"
               " (finished runs are reused)."]
   lines.append("")
   lines.append("All metrics are on the **whole test split** of each dataset (random 80/10/10"
                " train/validation/test split, seed 0); mean ± sample std over model seeds "
-               f"{sorted({r['seed'] for r in records})} (init, data order, dropout). Epochs: "
-               + ", ".join(f"{k}: {v}" for k, v in epochs.items() if any(r['dataset'] == k for r in records))
+               f"{results['seeds']} (init, data order, dropout). Epochs: "
+               + ", ".join(f"{k}: {v}" for k, v in results["epochs"].items())
                + ". Datasets: `criteo10k` = first 10,000 rows of Criteo Kaggle train.txt;"
                " `syntheticN` = N synthetic Criteo-like rows (tables capped at 100k rows) with a"
-               " known teacher.")
+               " known teacher. Timing columns are of the machine above, one run each.")
   lines += ["", "## Results", "", markdown_table(rows, labels), ""]
   lines += ["![quality vs size](quality_vs_size.png)", "",
             "![logloss vs epoch](logloss_vs_epoch.png)", "",
@@ -246,34 +284,88 @@ def write_report(out_dir: str, records, approaches, epochs, seconds: float | Non
             " model's (they coincide with the baseline's); the table reports them after the"
             " transform. Embedding tables dominate model size, so dense-layer compression shows"
             " on the lower axes of the size plot.", ""]
-  if sweep:
+  if results.get("sweep"):
     lines += ["![throughput vs rank](throughput_vs_rank.png)", ""]
+  if results.get("single_batch"):
+    lines += ["## The study's accuracies were single-batch measurements", ""]
+    lines.append("The study's accuracies (80.469 = 103/128, 72.656 = 93/128, 75.781 = 97/128)"
+                 " are multiples of 1/128: each was measured on one 128-example batch. On one"
+                 " batch the standard error of an accuracy near 0.8 is sqrt(0.8·0.2/128) ≈ 0.035,"
+                 " larger than the differences the study reports between approaches. Below, the"
+                 " accuracy of every consecutive 128-row batch of the test split, for the"
+                 " baseline model:")
+    lines += ["", "| dataset | batches | min | 5th pct | median | 95th pct | max |"
+              " whole-split accuracy | constant predictor |", "|---|---|---|---|---|---|---|---|---|"]
+    for b in results["single_batch"]:
+      lines.append(f"| {b['dataset']} | {b['batches']} | {b['min']:.4f} | {b['p5']:.4f} |"
+                   f" {b['median']:.4f} | {b['p95']:.4f} | {b['max']:.4f} | {b['accuracy']:.4f} |"
+                   f" {b['baseline_accuracy']:.4f} |")
+    lines += ["", "Whole-split AUC and logloss separate approaches that single-batch accuracy"
+              " cannot; and accuracy itself is dominated by the class balance: the constant"
+              " predictor already scores the majority-class rate.", ""]
+  provenance.write_report(path, "jaxrec reproduction of the study's experiments",
+                          "\n".join(lines), command=results["command"],
+                          record=results.get("provenance") or {})
 
-  lines += ["## The study's accuracies were single-batch measurements", ""]
-  lines.append("The study's accuracies (80.469 = 103/128, 72.656 = 93/128, 75.781 = 97/128) are"
-               " multiples of 1/128: each was measured on one 128-example batch. On one batch the"
-               " standard error of an accuracy near 0.8 is sqrt(0.8·0.2/128) ≈ 0.035, larger than"
-               " the differences the study reports between approaches. Below, the accuracy of"
-               " every consecutive 128-row batch of the test split, for the baseline model:")
-  lines.append("")
-  lines.append("| dataset | batches | min | 5th pct | median | 95th pct | max | whole-split accuracy |"
-               " constant predictor |")
-  lines.append("|---|---|---|---|---|---|---|---|---|")
-  for r in records:
-    if r["approach"] != "baseline" or r["seed"] != 0:
-      continue
-    acc = single_batch_accuracies(r["workdir"])
-    if len(acc) == 0:
-      continue
-    q = np.percentile(acc, [5, 50, 95])
-    lines.append(f"| {r['dataset']} | {len(acc)} | {acc.min():.4f} | {q[0]:.4f} | {q[1]:.4f} |"
-                 f" {q[2]:.4f} | {acc.max():.4f} | {r['metrics']['accuracy']:.4f} |"
-                 f" {r['metrics']['baseline_accuracy']:.4f} |")
-  lines += ["", "Whole-split AUC and logloss separate approaches that single-batch accuracy"
-            " cannot; and accuracy itself is dominated by the class balance: the constant"
-            " predictor already scores the majority-class rate.", ""]
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump({"rows": rows, "records": [{k: v for k, v in r.items() if k != "history"}
-                                          for r in records], "sweep": sweep or []}, f, indent=1)
+
+README_BEGIN = "<!-- results:begin -->"
+README_END = "<!-- results:end -->"
+# The README's table: the six approaches on every dataset (the rank sweep stays in the report).
+README_APPROACHES = ("baseline", "mf_before", "mf_nmf", "svd", "afm_mf", "qr")
+
+
+def readme_block(results: dict, results_path: str) -> str:
+  """The README's results table with where it came from (between the README markers)."""
+  record = results.get("provenance") or {}
+  cpu = (record.get("host_cpu") or {}).get("model", "not recorded")
+  lines = [README_BEGIN,
+           "<!-- Generated by `python -m experiments.reproduce_report --readme`: edit that"
+           " script, not this block. -->", "",
+           f"Test split, mean ± std over seeds {results['seeds']}; measured by"
+           f" `{results['command']}` (machine: {cpu}; date: {record.get('date', 'not recorded')});"
+           f" this table rewritten from `{results_path}` by"
+           " `python -m experiments.reproduce_report --readme`. Full report:"
+           " [docs/reproduce/report.md](docs/reproduce/report.md).", "",
+           "| dataset | approach | test AUC | test logloss | params | dense params | MB |",
+           "|---|---|---|---|---:|---:|---:|"]
+  for r in results["rows"]:
+    if r["approach"] in README_APPROACHES:
+      lines.append(f"| {r['dataset']} | {results['labels'].get(r['approach'], r['approach'])} |"
+                   f" {r['auc']} | {r['logloss']} | {r['param_count']} |"
+                   f" {r['dense_param_count']} | {r['mb']} |")
+  lines.append(README_END)
+  return "\n".join(lines)
+
+
+def update_readme(readme_path: str, block: str) -> None:
+  """Replaces the text between the README markers with `block` (markers included)."""
+  with open(readme_path, encoding="utf-8") as f:
+    text = f.read()
+  begin, end = text.find(README_BEGIN), text.find(README_END)
+  if begin < 0 or end < begin:
+    raise ValueError(f"{readme_path}: no {README_BEGIN} ... {README_END} block to rewrite")
+  text = text[:begin] + block + text[end + len(README_END):]
+  with open(readme_path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def main(argv):
+  from absl import flags
+  del argv
+  flags_ = flags.FLAGS
+  with open(flags_.results) as f:
+    results = json.load(f)
+  render_report(results, os.path.join(os.path.dirname(flags_.results), "report.md"))
+  print(f"wrote {os.path.join(os.path.dirname(flags_.results), 'report.md')}")
+  if flags_.readme:
+    update_readme(flags_.readme_path, readme_block(results, flags_.results))
+    print(f"rewrote the results block of {flags_.readme_path}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("results", "docs/reproduce/results.json",
+                      "results.json written by experiments.reproduce.")
+  flags.DEFINE_bool("readme", False, "Also rewrite the README's results block.")
+  flags.DEFINE_string("readme_path", "README.md", "The README whose block --readme rewrites.")
+  app.run(main)

@@ -3,11 +3,9 @@
 XLA:CPU allocates each step's temporaries with malloc: at batch 2048 these are
 tens of MB (AFM's pair products alone are 46 MB). glibc serves every
 allocation above 32 MB with a fresh ``mmap`` and unmaps it on free, so each
-step page-faults and zero-fills its buffers again: on this project's 2-core
-machine ``x * 2`` over a 46 MB array takes 22 ms with glibc and 5 ms with
-tcmalloc, and the DLRM train step gains ~15% (README, "Measured speed"). The
-PyTorch CPU performance guides give the same advice (preload tcmalloc or
-jemalloc).
+step page-faults and zero-fills its buffers again, while tcmalloc keeps them
+(docs/performance.md has the measured effect). The PyTorch CPU performance
+guides give the same advice (preload tcmalloc or jemalloc).
 
 An allocator can only be chosen before the process starts, so the experiment
 entry points (``python -m experiments.X``) re-execute themselves once with

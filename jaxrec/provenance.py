@@ -92,25 +92,32 @@ def machine_record() -> dict:
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def report_header(title: str, command: str | None = None) -> str:
-  """Markdown heading plus the provenance block every generated docs page starts with."""
-  record = machine_record()
-  cpu = record["host_cpu"]
-  versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+def report_header(title: str, command: str | None = None, record: dict | None = None) -> str:
+  """Markdown heading plus the provenance block every generated docs page starts with.
+
+  `record` is a `machine_record()` saved when the figures were measured (a page
+  re-rendered later from saved results names the machine that measured them);
+  None: this machine, now. Keys missing from `record` read "not recorded".
+  """
+  record = machine_record() if record is None else record
+  cpu = record.get("host_cpu") or {}
+  versions = ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items())
+  machine = (f"{cpu['model']}, {cpu.get('logical_cpus', '?')} logical CPUs, features"
+             f" {' '.join(cpu.get('features', [])) or 'none listed'}" if cpu else "not recorded")
   lines = [f"# {title}", "",
            "<!-- Generated file: edit the script that writes it, not this page. -->", "",
            f"- Command: `{command or command_line()}`",
-           f"- Machine: {cpu['model']}, {cpu['logical_cpus']} logical CPUs, "
-           f"features {' '.join(cpu['features']) or 'none listed'}; accelerator: {record['accelerator']}",
-           f"- Versions: {versions}",
-           f"- Date: {record['date']}", ""]
+           f"- Machine: {machine}; accelerator: {record.get('accelerator', 'not recorded')}",
+           f"- Versions: {versions or 'not recorded'}",
+           f"- Date: {record.get('date', 'not recorded')}", ""]
   return "\n".join(lines)
 
 
-def write_report(path: str, title: str, body: str, command: str | None = None) -> None:
+def write_report(path: str, title: str, body: str, command: str | None = None,
+                 record: dict | None = None) -> None:
   """Writes a generated markdown page: `report_header` then `body` (atomically)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
-    f.write(report_header(title, command) + "\n" + body.rstrip("\n") + "\n")
+    f.write(report_header(title, command, record) + "\n" + body.rstrip("\n") + "\n")
   os.replace(tmp, path)

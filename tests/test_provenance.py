@@ -27,3 +27,13 @@ def test_report_header_names_command_machine_versions_and_date(tmp_path):
   assert provenance.host_cpu()["model"] in text
   assert "jax " in text and "- Date: 20" in text
   assert text.rstrip().endswith("| 1 |")
+
+
+def test_report_header_of_a_saved_record_names_that_machine():
+  record = {"host_cpu": {"model": "Saved CPU", "logical_cpus": 2, "features": ["avx2"]},
+            "accelerator": "none (cpu)", "versions": {"jax": "0.1"}, "date": "2020-01-02 03:04 UTC"}
+  text = provenance.report_header("T", command="python -m x", record=record)
+  assert "- Machine: Saved CPU, 2 logical CPUs, features avx2; accelerator: none (cpu)" in text
+  assert "- Versions: jax 0.1" in text and "- Date: 2020-01-02 03:04 UTC" in text
+  unknown = provenance.report_header("T", command="python -m x", record={})
+  assert "- Machine: not recorded" in unknown and "- Date: not recorded" in unknown

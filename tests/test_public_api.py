@@ -61,6 +61,7 @@ def _arrays(n=2000, seed=0):
   return dense, cat, label
 
 
+@pytest.mark.slow
 def test_fit_on_arrays_learns_and_writes_a_loadable_run(tmp_path):
   metrics = jaxrec.fit(_tiny_config(epochs=3), str(tmp_path), _arrays())
   assert metrics["auc"] > 0.95

@@ -40,9 +40,39 @@ def test_quick_reproduce_writes_report_and_plots(tmp_path):
     assert (out / png).stat().st_size > 10_000
   results = json.loads((out / "results.json").read_text())
   assert {r["approach"] for r in results["rows"]} == {"baseline", "mf_before"}
+  # The page names the machine that measured it and re-renders from results.json alone.
+  assert report.startswith("# jaxrec reproduction") and "- Command: `python -m experiments.reproduce" in report
+  assert results["provenance"]["host_cpu"]["model"] in report
+  assert not any(os.path.isabs(r["workdir"]) for r in results["records"])
+  (out / "report.md").unlink()
+  reproduce_report.render_report(results, str(out / "report.md"))
+  assert (out / "report.md").read_text() == report
   # Re-running reuses the finished runs instead of training again.
   again = subprocess.run(
       [sys.executable, "-m", "experiments.reproduce", f"--output_dir={out}", "--quick",
        "--datasets=synthetic100k", "--approaches=baseline,mf_before"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "running" not in again.stderr
+
+
+def test_readme_results_block_is_the_rendering_of_the_committed_results():
+  results_path = "docs/reproduce/results.json"
+  with open(os.path.join(REPO, results_path)) as f:
+    results = json.load(f)
+  block = reproduce_report.readme_block(results, results_path)
+  with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+  assert block in readme, "run: python -m experiments.reproduce_report --readme"
+  assert "| criteo10k | Baseline DLRM |" in block
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{reproduce_report.README_BEGIN}\nold\n{reproduce_report.README_END}\nend\n")
+  reproduce_report.update_readme(str(readme), f"{reproduce_report.README_BEGIN}\nnew\n"
+                                 f"{reproduce_report.README_END}")
+  assert readme.read_text() == (f"intro\n{reproduce_report.README_BEGIN}\nnew\n"
+                                f"{reproduce_report.README_END}\nend\n")
+  readme.write_text("no markers\n")
+  with pytest.raises(ValueError, match="no <!-- results:begin -->"):
+    reproduce_report.update_readme(str(readme), "x")

@@ -46,7 +46,7 @@ ENABLE_ENV = "JAXREC_CPU_KERNELS"  # "0" turns the kernels off
 CACHE_ENV = "JAXREC_KERNEL_CACHE"
 COMPILE_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 # The kernels use 16-lane float vectors; built for narrower ones (AVX2: GCC splits
-# them) they ran 3-10x slower than XLA here, so they are used only with AVX-512.
+# them) they lose to XLA's formulation, so they are used only with AVX-512.
 REQUIRED_VECTOR_BITS = 512
 
 # FFI target name -> exported handler symbol in interactions.cc.

@@ -558,9 +558,8 @@ ffi::Error WeightedSumBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w
 }  // namespace
 
 // The vector width this build targets. The kernels are written for 16-lane float
-// vectors: without AVX-512, GCC splits them and they ran 3-10x slower than XLA
-// (measured with -march=x86-64-v3), so jaxrec/kernels/cpu.py uses them only when
-// this says 512.
+// vectors: without AVX-512, GCC splits them and they lose to XLA's formulation,
+// so jaxrec/kernels/cpu.py uses them only when this says 512.
 extern "C" int32_t JaxrecVectorBits() {
 #if defined(__AVX512F__)
   return 512;

@@ -6,8 +6,9 @@ consequences are worked around here:
 
 * `unrolled_matmul`: ``x @ w`` for a small ``[k, t]`` ``w`` (AFM's 16x16
   attention) as k broadcast multiply-adds, one elementwise loop that XLA fuses
-  with its producer and consumer; a library matmul with k = t = 16 runs at
-  under 30 GFLOP/s here and needs its input and output written out.
+  with its producer and consumer; a library matmul with k = t = 16 is far from
+  the matmul library's efficient sizes and needs its input and output written
+  out.
 * `materialized`: a product with a small identity, so a value is computed once
   into its own buffer instead of being recomputed inside every consumer.
 

@@ -6,9 +6,8 @@ batched matmul and one static gather, no Python loop over the F(F+1)/2 pairs.
 
 With ``kernels=True`` (set by the model builder on a CPU backend where the
 kernels are built, see `jaxrec.kernels.cpu.resolve`), float32 inputs go to a
-fused C++ kernel (the Gram rows of each example computed in registers, 3-4x
-faster than XLA:CPU's batched 27x27 matmuls at batch 2048); otherwise the XLA
-formulation below runs.
+fused C++ kernel (the Gram rows of each example computed in registers instead
+of XLA:CPU's batched 27x27 matmuls); otherwise the XLA formulation below runs.
 
 The dot interaction has a hand-written VJP. Autodiff of the static gather is a
 scatter-add into a zero-filled ``[B, n*n]`` buffer, which on CPU cost more than
@@ -67,7 +66,7 @@ def _dot_interaction(x, fields, self_interaction, use_kernel):
   gram = jnp.einsum("bid,bjd->bij", t, t)
   # The lower triangle as row slices (i ascending, j < i): a row-major copy. A gather
   # of the same columns made XLA:CPU write it transposed and feed the top MLP's
-  # first matmul through a slow transposed dot (41 vs 33 ms with it at batch 8192).
+  # first matmul through a slow transposed dot.
   offset = 1 if self_interaction else 0
   rows = [gram[:, i, :i + offset] for i in range(t.shape[1]) if i + offset > 0]
   return jnp.concatenate([x, *rows], axis=1)
@@ -86,8 +85,8 @@ def _dot_bwd(self_interaction, use_kernel, residuals, g):
   n = t.shape[1]
   pairs = jnp.concatenate([g[:, dim:], jnp.zeros((batch, 1), g.dtype)], axis=1)
   # d<t_i, t_j>/dt_i = g_ij t_j and /dt_j = g_ij t_i: G = L + L^T, gathered at once
-  # (building L and adding its transpose was a second pass: backward 6.9 -> 5.4 ms
-  # at batch 2048). <t_i, t_i> has derivative 2 g_ii t_i: the diagonal doubles.
+  # (building L and adding its transpose would be a second pass over the pairs).
+  # <t_i, t_i> has derivative 2 g_ii t_i: the diagonal doubles.
   gram_grad = pairs[:, _symmetric_map(n, self_interaction)].reshape(batch, n, n)
   if self_interaction:
     gram_grad = gram_grad * (1.0 + np.eye(n, dtype=np.float32)).astype(g.dtype)

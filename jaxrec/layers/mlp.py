@@ -32,8 +32,8 @@ except (ImportError, TypeError):  # pragma: no cover - the transpose stays a dot
 def _row_major_transpose(x: jax.Array) -> jax.Array:
   """xᵀ of a 2-D x, written out row-major on CPU.
 
-  XLA:CPU's bfloat16 matmuls run 3-4x slower when the left operand contracts over
-  its major dimension, as ``xᵀ g`` for a weight gradient does, and layout
+  XLA:CPU's fast bfloat16 matmul kernels do not take a left operand that contracts
+  over its major dimension, as ``xᵀ g`` for a weight gradient does, and layout
   assignment would otherwise fold the transpose into the dot. On other backends
   (and in float32, where the copy costs more than it saves) it is a plain transpose.
   """
@@ -70,9 +70,9 @@ def mixed_precision_matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
 
   Returns float32, and so do its gradients' accumulations (dx in x's dtype, dw in
   w's): the products of the forward and of both backward matmuls are summed in
-  float32, only the operands are narrow. On a CPU with AMX, XLA ran these matmuls
-  2.5-4x faster than float32 ones, while a bfloat16 dot with a bfloat16 result took
-  a slow path (no faster than float32).
+  float32, only the operands are narrow. On a CPU with AMX, XLA runs these matmuls
+  on its bfloat16 units, while a bfloat16 dot with a bfloat16 result takes a slow
+  path.
   """
   lead = x.shape[:-1]
   y = _mixed_matmul(x.reshape(-1, x.shape[-1]), vary_like(w, x), np.dtype(dtype))
