@@ -1,11 +1,16 @@
 r"""Export a trained run for serving: the inference function as StableHLO plus weights and vocabularies.
 
   python -m experiments.export --checkpoint=runs/kaggle --output=dlrm.serving.npz
+  python -m experiments.export --checkpoint=runs/kaggle --output=dlrm.int8.npz --quantize=int8
 
 Writes one file that `jaxrec.serving.artifact.ServingModel.load` runs with jax
 alone (no jaxrec model code), and that `experiments.predict --checkpoint=FILE`
 scores raw rows with. The batch dimension is symbolic (any batch size), inputs
-and output are float32 / int32.
+and output are float32 / int32. --quantize=int8|int4 stores the embedding tables
+row-wise quantized (a scale and a bias per row, as the DLRM reference's
+--quantize-emb-with-bit) and the network kernels as --quantize_mlp says; the
+exported function dequantizes what it uses (`jaxrec.serving.quantize`, and
+docs/quantized_serving.md for sizes, speed and AUC).
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ flags.DEFINE_string("output", None, "Artifact file to write (e.g. model.serving.
 flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for (cpu, cuda, rocm, tpu).")
 flags.DEFINE_integer("batch_size", 0, "Fixed batch size (0: symbolic batch dimension).")
 flags.DEFINE_integer("step", -1, "Checkpoint step (-1: the latest).")
+flags.DEFINE_enum("quantize", "none", ["none", "int8", "int4"],
+                  "Embedding tables: float32 as trained (none), or row-wise 8/4-bit codes with a"
+                  " float16 scale and bias per row.")
+flags.DEFINE_enum("quantize_mlp", "auto", ["auto", "float32", "bfloat16", "int8"],
+                  "Network kernels (biases stay float32); auto: int8 when --quantize is set,"
+                  " else float32.")
 
 
 def main(argv):
@@ -35,19 +46,30 @@ def main(argv):
     print(f"error: --batch_size={FLAGS.batch_size}: must be >= 0", file=sys.stderr)
     sys.exit(2)
   from jaxrec.serving.export import export_run
+  from jaxrec.serving.quantize import QuantizeConfig
   from jaxrec.train.run_dir import load_run
   try:
     run = load_run(FLAGS.checkpoint, step=None if FLAGS.step < 0 else FLAGS.step)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  meta = export_run(run, FLAGS.output, platforms=FLAGS.platforms,
-                    batch_size=FLAGS.batch_size or None)
+  mlp = FLAGS.quantize_mlp
+  if mlp == "auto":
+    mlp = "float32" if FLAGS.quantize == "none" else "int8"
+  quantize = QuantizeConfig(tables="float32" if FLAGS.quantize == "none" else FLAGS.quantize,
+                            mlp=mlp)
+  try:
+    meta = export_run(run, FLAGS.output, platforms=FLAGS.platforms,
+                      batch_size=FLAGS.batch_size or None, quantize=quantize)
+  except ValueError as e:  # e.g. a table beyond float16's range
+    print(f"error: --quantize={FLAGS.quantize}: {e}", file=sys.stderr)
+    sys.exit(2)
   size = os.path.getsize(FLAGS.output)
   print(f"exported step {run.step} of {FLAGS.checkpoint} -> {FLAGS.output}:"
         f" {size / 2**20:.2f} MiB ({meta['stablehlo_bytes'] / 1024:.1f} KiB StableHLO for"
         f" {', '.join(meta['platforms'])}, batch {meta['batch']},"
-        f" vocabularies {'included' if meta['has_vocabulary'] else 'absent'})")
+        f" vocabularies {'included' if meta['has_vocabulary'] else 'absent'}; tables"
+        f" {quantize.tables}, kernels {quantize.mlp})")
 
 
 if __name__ == "__main__":

@@ -210,6 +210,19 @@ def test_export_and_predict_cli(criteo_run, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "rows/s" in proc.stdout and "AUC" in proc.stdout
   assert json.load(open(summary))["auc"] == pytest.approx(report["auc"], abs=1e-6)
+  small = str(tmp_path / "m8.npz")
+  proc = subprocess.run([sys.executable, "-m", "experiments.export", f"--checkpoint={workdir}",
+                         f"--output={small}", "--platforms=cpu", "--quantize=int8"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "tables int8, kernels int8" in proc.stdout
+  assert os.path.getsize(small) < 0.6 * os.path.getsize(artifact)  # vocabularies stay as they are
+  proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"--checkpoint={small}",
+                         f"--input={test_tsv}", f"--output={tmp_path / 'p8.txt'}",
+                         f"--metrics_output={summary}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.load(open(summary))["auc"] == pytest.approx(report["auc"], abs=0.005)
   proc = subprocess.run([sys.executable, "-m", "experiments.predict", f"--checkpoint={artifact}",
                          "--input=/no/such.tsv", f"--output={tmp_path / 'q.txt'}"], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)

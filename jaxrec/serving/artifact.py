@@ -5,11 +5,13 @@ One file (a numpy ``.npz`` zip, uncompressed) written by `jaxrec.serving.export`
 * ``exported``: the ``jax.export`` serialization (StableHLO) of
   ``probabilities = f(weights, dense [B, num_dense] float32, cat [B, F] int32)``
   with a symbolic batch dimension B, lowered for one or more platforms;
-* ``weights/00000``...: the model's variables, flattened in the order ``f`` takes;
+* ``weights/00000``...: the model's variables as ``f`` takes them: tables then
+  network params, float32 or quantized (`jaxrec.serving.quantize`; ``f``
+  dequantizes them, so a loader passes them through);
 * ``vocabulary``: the training vocabularies (`jaxrec.data.criteo.Vocabulary`'s
   own ``.npz`` bytes), when the run had them: raw Criteo rows encode with them;
 * ``meta``: JSON (format version, input sizes, vocabulary sizes, platforms,
-  the model spec for reference).
+  the model spec for reference, the quantization).
 
 `ServingModel.load` runs it with jax and numpy alone: no jaxrec model code
 (only `jaxrec.data.criteo`, to encode raw rows the way training did).

@@ -5,7 +5,8 @@ with a symbolic batch dimension, so one artifact serves any batch size (each
 new size compiles once where it runs). Weights are arguments rather than
 constants baked into the StableHLO: the program stays a few kilobytes however
 large the tables are, and the weights are stored beside it as plain arrays.
-The artifact layout is described in `jaxrec.serving.artifact`.
+The artifact layout is described in `jaxrec.serving.artifact`; weights may be
+stored quantized (`jaxrec.serving.quantize`), dequantized inside the function.
 """
 
 from __future__ import annotations
@@ -20,45 +21,51 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.serving import artifact
+from jaxrec.serving.quantize import Packed, QuantizeConfig, pack
 from jaxrec.train.run_dir import Run
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 
 
 def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
-                    batch_size: int | None = None) -> tuple[jax.export.Exported, list]:
-  """(the Exported inference function, its flat weight list).
+                    batch_size: int | None = None,
+                    quantize: QuantizeConfig = QuantizeConfig()
+                    ) -> tuple[jax.export.Exported, Packed]:
+  """(the Exported inference function, its packed weights: `Packed.arrays` is its first argument).
 
   Args:
     run: a loaded run (`jaxrec.train.run_dir.load_run`).
     platforms: lowering platforms ("cpu", "cuda", "rocm", "tpu").
     batch_size: a fixed batch size, or None for a symbolic one.
+    quantize: how the weights are stored (float32 as trained by default).
   """
   # Artifacts hold only standard ops: the fused CPU kernels are process-local
   # custom calls that a loader elsewhere would not have.
   spec = run.spec
   model = dataclasses.replace(
       spec, model=dataclasses.replace(spec.model, cpu_kernels=False)).build()
-  leaves, treedef = jax.tree_util.tree_flatten(run.variables)
+  packed = pack(run.variables, quantize)
 
   def serve(weights, dense, cat):
-    variables = jax.tree_util.tree_unflatten(treedef, weights)
-    logits = model.apply(variables, dense, cat, train=False)
+    rows = packed.rows(weights, model.layout.row_ids(cat))
+    logits = model.apply_rows(packed.params(weights), dense, rows, train=False)
     return jax.nn.sigmoid(logits.astype(jnp.float32))
 
   batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
-  weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+  weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in packed.arrays]
   exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
       weight_specs,
       jax.ShapeDtypeStruct((batch, model.num_dense), jnp.float32),
       jax.ShapeDtypeStruct((batch, model.layout.num_fields), jnp.int32))
-  return exported, leaves
+  return exported, packed
 
 
 def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS,
-               batch_size: int | None = None) -> dict:
+               batch_size: int | None = None,
+               quantize: QuantizeConfig = QuantizeConfig()) -> dict:
   """Writes the serving artifact of `run` to `path`; returns its metadata."""
-  exported, leaves = export_function(run, platforms, batch_size)
+  exported, packed = export_function(run, platforms, batch_size, quantize)
+  leaves = packed.arrays
   serialized = exported.serialize()
   spec = run.spec
   meta = {
@@ -77,10 +84,12 @@ def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS
       "source_step": run.step,
       "jax_version": jax.__version__,
       "stablehlo_bytes": len(serialized),
+      "quantization": {"tables": quantize.tables, "mlp": quantize.mlp},
+      "weight_bytes": packed.nbytes,
   }
   arrays = {"meta": artifact.pack_json(meta),
             "exported": np.frombuffer(bytes(serialized), np.uint8)}
-  arrays.update({artifact.weight_key(i): np.asarray(x) for i, x in enumerate(leaves)})
+  arrays.update({artifact.weight_key(i): x for i, x in enumerate(leaves)})
   if run.vocabulary is not None:  # Vocabulary's own .npz format, nested
     buffer = io.BytesIO()
     run.vocabulary.save(buffer)

@@ -1,0 +1,191 @@
+"""Quantized serving weights: row-wise 8/4-bit embedding tables, bfloat16 or int8 MLP weights.
+
+`pack(variables, config)` turns a model's variables into the flat list of
+arrays a serving artifact stores, and a `Packed` description whose `rows` and
+`params` methods rebuild what the model needs *inside* the exported function,
+so the artifact's loader passes the stored arrays through unchanged.
+
+Tables (``QuantizeConfig.tables``):
+
+* ``float32``: stored as trained.
+* ``int8`` / ``int4``: row-wise affine quantization, as the DLRM reference's
+  ``--quantize-emb-with-bit=8|4`` (PyTorch's ``embedding_bag_byte_prepack`` /
+  ``embedding_bag_4bit_prepack``): each row keeps its own ``bias = min`` and
+  ``scale = (max - min) / (2**bits - 1)`` and its values become codes
+  ``round((x - bias) / scale)``. A stored row is ``[codes | scale | bias]`` in
+  one uint8 array (int4 packs two codes per byte, low nibble first; scale and
+  bias are float16, as the reference's 4-bit rows; its 8-bit rows keep float32
+  ones), so serving gathers one row per lookup and dequantizes only the rows a
+  batch touches. Codes are computed against the float16-rounded scale and bias,
+  so the error of a value is at most half a step. Width-1 tables (first-order
+  scalars) stay float32: 4 bytes of scale and bias would save nothing.
+
+Network weights (``QuantizeConfig.mlp``; every param with 2 or more axes, i.e.
+kernels and projections; biases stay float32):
+
+* ``float32``; ``bfloat16`` (rounded to nearest even); ``int8``: symmetric, one
+  float32 scale per output column (the last axis), ``scale = max|w| / 127``.
+
+Inside the function everything is dequantized to float32 and the model runs
+as it trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TABLE_FORMATS = ("float32", "int8", "int4")
+MLP_FORMATS = ("float32", "bfloat16", "int8")
+_SCALE_BIAS_BYTES = 4  # float16 scale + float16 bias at the end of each stored row
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+  """How a serving artifact stores the weights.
+
+  Attributes:
+    tables: one of TABLE_FORMATS (embedding tables).
+    mlp: one of MLP_FORMATS (network kernels; biases stay float32).
+  """
+
+  tables: str = "float32"
+  mlp: str = "float32"
+
+  def __post_init__(self):
+    if self.tables not in TABLE_FORMATS:
+      raise ValueError(f"table format {self.tables!r}: choose from {TABLE_FORMATS}")
+    if self.mlp not in MLP_FORMATS:
+      raise ValueError(f"mlp weight format {self.mlp!r}: choose from {MLP_FORMATS}")
+
+
+def code_bytes(width: int, bits: int) -> int:
+  """Bytes of codes in one stored row of `width` values."""
+  return width if bits == 8 else -(-width // 2)
+
+
+def quantize_rows(table: np.ndarray, bits: int) -> np.ndarray:
+  """float [rows, width] -> uint8 [rows, code_bytes + 4]: codes, float16 scale, float16 bias."""
+  table = np.asarray(table, np.float32)
+  if not np.isfinite(table).all() or np.abs(table).max(initial=0.0) > 6e4:
+    raise ValueError("a table holds non-finite values or values beyond float16's range:"
+                     " it cannot be stored with float16 row scales")
+  levels = (1 << bits) - 1
+  low, high = table.min(axis=1), table.max(axis=1)
+  bias = low.astype(np.float16)
+  scale = ((high - bias.astype(np.float32)) / levels).astype(np.float16)
+  scale32 = scale.astype(np.float32)[:, None]
+  safe = np.where(scale32 > 0, scale32, 1.0)
+  codes = np.where(scale32 > 0, np.rint((table - bias.astype(np.float32)[:, None]) / safe), 0)
+  codes = np.clip(codes, 0, levels).astype(np.uint8)
+  if bits == 4:
+    if codes.shape[1] % 2:
+      codes = np.pad(codes, ((0, 0), (0, 1)))
+    codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+  tail = np.stack([scale, bias], axis=1).view(np.uint8)  # [rows, 4]
+  return np.ascontiguousarray(np.concatenate([codes, tail], axis=1))
+
+
+def dequantize_rows(stored: jax.Array, width: int, bits: int) -> jax.Array:
+  """uint8 [..., code_bytes + 4] (stored or gathered rows) -> float32 [..., width]."""
+  n = code_bytes(width, bits)
+  codes = stored[..., :n]
+  if bits == 4:
+    codes = jnp.stack([codes & 15, codes >> 4], axis=-1).reshape(*codes.shape[:-1], 2 * n)
+    codes = codes[..., :width]
+  # float16 scale and bias from their little-endian bytes. A same-width bitcast:
+  # a uint8 -> float16 one does not export with a symbolic batch dimension.
+  tail = stored[..., n:].astype(jnp.uint16)
+  bits16 = tail[..., 0::2] | (tail[..., 1::2] << 8)
+  scale_bias = jax.lax.bitcast_convert_type(bits16, jnp.float16).astype(jnp.float32)
+  return codes.astype(jnp.float32) * scale_bias[..., :1] + scale_bias[..., 1:]
+
+
+def quantize_kernel(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """float [..., out] -> (int8 codes [..., out], float32 scale [out]), symmetric per column."""
+  kernel = np.asarray(kernel, np.float32)
+  scale = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 127.0
+  safe = np.where(scale > 0, scale, 1.0)
+  codes = np.clip(np.rint(kernel / safe), -127, 127).astype(np.int8)
+  return codes, scale.astype(np.float32)
+
+
+def _to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+  """float32 -> the uint16 bits of bfloat16 (round to nearest even); npz has no bfloat16."""
+  return np.asarray(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16)).view(np.uint16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+  """The stored arrays of a model's variables and how to read them back.
+
+  Attributes:
+    arrays: the flat list the artifact stores: tables (sorted by name) then
+      network params (tree order); one array per table or param, two for an
+      int8 kernel (codes, scale).
+    config: the formats used.
+    tables: (name, stored format, width) of each table, in `arrays` order.
+    param_formats: the stored format of each params leaf.
+    params_treedef: the params tree structure.
+  """
+
+  arrays: list
+  config: QuantizeConfig
+  tables: tuple[tuple[str, str, int], ...]
+  param_formats: tuple[str, ...]
+  params_treedef: Any
+
+  @property
+  def nbytes(self) -> int:
+    return int(sum(a.nbytes for a in self.arrays))
+
+  def rows(self, weights, ids: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Gathered float32 rows {table: [B, L, width]} (`jaxrec.layers.embeddings.lookup`)."""
+    out = {}
+    for (name, fmt, width), stored in zip(self.tables, weights[:len(self.tables)]):
+      if name not in ids:
+        continue
+      gathered = jnp.take(stored, ids[name], axis=0)
+      out[name] = gathered if fmt == "float32" else dequantize_rows(
+          gathered, width, 8 if fmt == "int8" else 4)
+    return out
+
+  def params(self, weights) -> Any:
+    """The float32 network params."""
+    stored = iter(weights[len(self.tables):])
+    leaves = []
+    for fmt in self.param_formats:
+      x = next(stored)
+      if fmt == "bfloat16":
+        x = jax.lax.bitcast_convert_type(x, jnp.bfloat16).astype(jnp.float32)
+      elif fmt == "int8":
+        x = x.astype(jnp.float32) * next(stored)
+      leaves.append(x)
+    return jax.tree_util.tree_unflatten(self.params_treedef, leaves)
+
+
+def pack(variables: Mapping[str, Any], config: QuantizeConfig = QuantizeConfig()) -> Packed:
+  """Quantizes a model's variables (``{"params", "tables"}``) for storage."""
+  arrays, tables = [], []
+  for name in sorted(variables["tables"]):
+    table = np.asarray(variables["tables"][name], np.float32)
+    fmt = config.tables if table.shape[1] > 1 else "float32"
+    arrays.append(table if fmt == "float32" else
+                  quantize_rows(table, 8 if fmt == "int8" else 4))
+    tables.append((name, fmt, int(table.shape[1])))
+  leaves, treedef = jax.tree_util.tree_flatten(variables["params"])
+  formats = []
+  for leaf in leaves:
+    leaf = np.asarray(leaf, np.float32)
+    fmt = config.mlp if leaf.ndim >= 2 else "float32"
+    if fmt == "int8":
+      arrays.extend(quantize_kernel(leaf))
+    else:
+      arrays.append(_to_bfloat16_bits(leaf) if fmt == "bfloat16" else leaf)
+    formats.append(fmt)
+  return Packed(arrays=arrays, config=config, tables=tuple(tables),
+                param_formats=tuple(formats), params_treedef=treedef)

@@ -1,0 +1,91 @@
+"""jaxrec.serving.quantize: row-wise 8/4-bit tables, int8 / bfloat16 kernels, quantized artifacts."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec.layers.embeddings import EmbeddingConfig
+from jaxrec.models.registry import ModelConfig
+from jaxrec.serving import quantize as q
+from jaxrec.serving.artifact import ServingModel
+from jaxrec.serving.export import export_run
+from jaxrec.train import run_dir
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_rows_round_trip_within_half_a_step(bits):
+  rng = np.random.default_rng(0)
+  table = rng.normal(0, 0.05, (50, 7)).astype(np.float32)  # odd width: int4 pads a nibble
+  table[3] = 0.25  # a constant row: scale 0, every value is the bias
+  stored = q.quantize_rows(table, bits)
+  assert stored.dtype == np.uint8 and stored.shape == (50, q.code_bytes(7, bits) + 4)
+  back = np.asarray(q.dequantize_rows(stored, 7, bits))
+  step = (table.max(1) - table.min(1)) / ((1 << bits) - 1)
+  err = np.abs(back - table)
+  assert np.all(err <= step[:, None] / 2 + 1e-3 * np.abs(table).max())
+  np.testing.assert_allclose(back[3], 0.25)
+  # Row extremes are codes 0 and 2**bits - 1, so each row uses its full range.
+  i = np.argmax(table[0])
+  assert abs(back[0, i] - table[0, i]) < 1e-3
+
+
+def test_int4_packs_two_codes_per_byte_low_nibble_first():
+  table = np.array([[0.0, 15.0, 3.0, 7.0]], np.float32)  # bias 0, scale 1: codes are the values
+  stored = q.quantize_rows(table, 4)
+  assert list(stored[0, :2]) == [0 | 15 << 4, 3 | 7 << 4]
+  np.testing.assert_array_equal(np.asarray(q.dequantize_rows(stored, 4, 4)), table)
+
+
+def test_kernel_int8_is_symmetric_per_output_column():
+  kernel = np.array([[1.0, -0.5], [-2.0, 0.25]], np.float32)
+  codes, scale = q.quantize_kernel(kernel)
+  np.testing.assert_allclose(scale, [2 / 127, 0.5 / 127])
+  np.testing.assert_array_equal(codes, [[64, -127], [-127, 64]])
+
+
+def test_bad_table_values_are_refused():
+  with pytest.raises(ValueError, match="float16"):
+    q.quantize_rows(np.array([[1e6, 0.0]], np.float32), 8)
+  with pytest.raises(ValueError, match="mlp weight format"):
+    q.QuantizeConfig(mlp="int2")
+
+
+def _run(tmp_path):
+  spec = run_dir.ModelSpec(ModelConfig(bottom_mlp=(8, 4), top_mlp=(8, 1)),
+                           EmbeddingConfig(dim=4, first_order=True), tuple(range(3, 29)))
+  model = spec.build()
+  return run_dir.Run(model=model, variables=model.init(jax.random.key(0)), spec=spec,
+                     vocabulary=None, step=0, workdir=str(tmp_path))
+
+
+@pytest.mark.parametrize("tables, mlp, tol", [("float32", "float32", 1e-6),
+                                              ("int8", "int8", 0.02),
+                                              ("int8", "bfloat16", 0.02),
+                                              ("int4", "int8", 0.1)])
+def test_quantized_artifact_predicts_close_to_float32(tmp_path, tables, mlp, tol):
+  run = _run(tmp_path)
+  path = str(tmp_path / "m.npz")
+  meta = export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig(tables, mlp))
+  assert meta["quantization"] == {"tables": tables, "mlp": mlp}
+  served = ServingModel.load(path)
+  rng = np.random.default_rng(1)
+  dense = rng.exponential(2.0, (64, 13)).astype(np.float32)
+  cat = np.stack([rng.integers(0, n, 64) for n in run.spec.vocab_sizes], 1).astype(np.int32)
+  want = np.asarray(jax.nn.sigmoid(run.model.apply(run.variables, dense, cat)))
+  got = served.predict(dense, cat)
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+  if tables != "float32":
+    assert np.abs(got - want).max() > 0  # really quantized
+
+
+def test_packed_sizes():
+  variables = {"tables": {"embedding": np.zeros((1000, 16), np.float32),
+                          "first_order": np.zeros((1000, 1), np.float32)},
+               "params": {"dense": {"kernel": np.zeros((64, 32), np.float32),
+                                    "bias": np.zeros((32,), np.float32)}}}
+  sizes = {c: q.pack(variables, q.QuantizeConfig(*c)).nbytes
+           for c in [("float32", "float32"), ("int8", "int8"), ("int4", "bfloat16")]}
+  assert sizes[("float32", "float32")] == 4 * (16_000 + 1000 + 64 * 32 + 32)
+  assert sizes[("int8", "int8")] == 20_000 + 4000 + 64 * 32 + 4 * 32 + 4 * 32
+  assert sizes[("int4", "bfloat16")] == 12_000 + 4000 + 2 * 64 * 32 + 4 * 32
