@@ -58,8 +58,10 @@ def define_flags() -> None:
   flags.DEFINE_bool("quick", False, "Small run (dlrm, its rank-0.5 svd and afm; 26x100k tables;"
                     " batch 128 and 2048; short windows): under 2 minutes on 2 CPU cores.")
   flags.DEFINE_string("profile_dir", None, "Write a JAX profiler trace per record here.")
-  flags.DEFINE_list("models", ["dlrm", "afm", "deepfm", "dcnv2", "dlrm_dcn"],
-                    "Models to run (skipped if not registered).")
+  from jaxrec.models.registry import MODELS
+  flags.DEFINE_list("models", list(MODELS),
+                    "Models to run (default: every registered model; unregistered names are"
+                    " skipped).")
   flags.DEFINE_list("rank_fractions", ["1.0", "0.5"],
                     "DLRM rank fractions (1.0 = dense; others need jaxrec.factorize).")
   flags.DEFINE_list("batch_sizes", ["128", "2048", "8192"], "Batch sizes.")
@@ -109,7 +111,7 @@ class BenchConfig:
   """What to run; built from flags by `config_from_flags`."""
 
   output_dir: str
-  models: tuple[str, ...] = ("dlrm", "afm", "deepfm", "dcnv2", "dlrm_dcn")
+  models: tuple[str, ...] = ()  # () = every registered model
   rank_fractions: tuple[float, ...] = (1.0, 0.5)
   batch_sizes: tuple[int, ...] = (128, 2048, 8192)
   tables: tuple[str, ...] = ("100k", "kaggle")
@@ -453,8 +455,10 @@ def run(config: BenchConfig, log=print) -> list[dict]:
     placement, num_devices = NamedSharding(mesh, BATCH_SPEC), mesh.devices.size
     log(f"mesh {config.mesh}: {num_devices} devices")
   log(HEADER)
-  variants = [(m, 1.0) for m in config.models]
-  if "dlrm" in config.models:
+  from jaxrec.models.registry import MODELS
+  models = config.models or tuple(MODELS)
+  variants = [(m, 1.0) for m in models]
+  if "dlrm" in models:
     variants += [("dlrm", r) for r in config.rank_fractions if r < 1.0]
   variants.sort(key=lambda v: (v[0] != "dlrm", -v[1]))
   if 1.0 not in config.rank_fractions:

@@ -27,10 +27,12 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+from jaxrec.models.registry import MODELS
+
 FLAGS = flags.FLAGS
 
-flags.DEFINE_list("models", ["dlrm", "afm", "fm", "afm_classic", "deepfm", "dcnv2", "dlrm_dcn"],
-                  "Models to compare (each with its ModelConfig defaults).")
+flags.DEFINE_list("models", list(MODELS),
+                  "Models to compare (each with its ModelConfig defaults; default: all registered).")
 flags.DEFINE_list("datasets", ["real", "synthetic"], "'real' (--real_data) and/or 'synthetic'.")
 flags.DEFINE_string("real_data", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "..", "shared", "data", "criteo",
@@ -109,7 +111,6 @@ def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
-  from jaxrec.models.registry import MODELS
   from jaxrec.train.loop import train_and_evaluate
   from experiments.attention_heatmap import write_attention_report
 

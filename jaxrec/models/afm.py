@@ -11,6 +11,7 @@ features) and a bias are added:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import jax
@@ -20,6 +21,8 @@ from flax import linen as nn
 from jaxrec.layers.afm import AFMHead, first_order_sum
 from jaxrec.layers.embeddings import EmbeddingLayout, FieldEmbeddings
 from jaxrec.layers.mlp import MLP, Dense
+from jaxrec.models import registry
+from jaxrec.models.afm_classic import AFMClassicConfig, attention_regularizer
 
 
 class AFM(nn.Module):
@@ -58,3 +61,19 @@ class AFM(nn.Module):
     """Names of the vectors the attention pairs, in order."""
     del dense_names
     return ("bottom_mlp", *sparse_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class AFMConfig(AFMClassicConfig):
+  """AFM's layer hyperparameters and DLRM's bottom MLP (which ends in the embedding dim)."""
+
+  bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
+
+
+def _build(config: AFMConfig, layout: EmbeddingLayout, options: registry.NetworkOptions):
+  registry.check_bottom_top(config.bottom_mlp, None, layout, "afm")
+  return AFM(layout=layout, bottom_mlp=config.bottom_mlp, attention_factor=config.attention_factor,
+             dropout=config.dropout, dtype=options.dtype, kernels=options.kernels)
+
+
+registry.register("afm", AFMConfig, _build, first_order=True, regularizer=attention_regularizer)

@@ -11,15 +11,18 @@ term on the dense values and a learned scalar per category id:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxrec.layers.afm import AFMHead, first_order_sum
+from jaxrec.layers.afm import AFMHead, attention_l2, first_order_sum
 from jaxrec.layers.embeddings import EmbeddingLayout, FieldEmbeddings
 from jaxrec.layers.mlp import Dense
+from jaxrec.models import registry
 
 
 def dense_field_embeddings(dense: jax.Array, table: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -66,3 +69,42 @@ class AFMClassic(nn.Module):
   def field_names(dense_names: Sequence[str], sparse_names: Sequence[str]) -> tuple[str, ...]:
     """Names of the vectors the attention pairs, in order."""
     return (*dense_names, *sparse_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class AFMClassicConfig:
+  """The AFM layer's hyperparameters (Xiao et al.'s defaults).
+
+  Attributes:
+    attention_factor: attention network size t.
+    dropout: dropout on the pooled pairwise layer.
+    attention_l2: L2 weight on the attention kernel W (0 = off).
+  """
+
+  attention_factor: int = 16
+  dropout: float = 0.5
+  attention_l2: float = 0.0
+
+  def __post_init__(self):
+    if self.attention_factor < 1:
+      raise ValueError(f"attention_factor must be >= 1, got {self.attention_factor}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    if self.attention_l2 < 0:
+      raise ValueError(f"attention_l2 must be >= 0, got {self.attention_l2}")
+
+
+def attention_regularizer(config: AFMClassicConfig):
+  """Xiao et al.'s L2 on the attention W, or None when `attention_l2` is 0."""
+  if config.attention_l2 > 0:
+    return functools.partial(attention_l2, weight=config.attention_l2)
+  return None
+
+
+def _build(config: AFMClassicConfig, layout: EmbeddingLayout, options: registry.NetworkOptions):
+  return AFMClassic(layout=layout, attention_factor=config.attention_factor,
+                    dropout=config.dropout, dtype=options.dtype, kernels=options.kernels)
+
+
+registry.register("afm_classic", AFMClassicConfig, _build, first_order=True,
+                  regularizer=attention_regularizer)

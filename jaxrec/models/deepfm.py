@@ -12,6 +12,7 @@ over [dense, the 26 categorical embeddings flattened] ending in one logit.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import jax
@@ -23,6 +24,7 @@ from jaxrec.layers.embeddings import EmbeddingLayout, FieldEmbeddings
 from jaxrec.layers.mlp import MLP, Dense
 from jaxrec.models.afm_classic import dense_field_embeddings
 from jaxrec.models.dcnv2 import dense_and_fields
+from jaxrec.models import registry
 
 
 def fm_pair_sum(vectors: jax.Array) -> jax.Array:
@@ -59,3 +61,22 @@ class DeepFM(nn.Module):
           + fm_pair_sum(jnp.concatenate([dense_fields, fields], axis=1)))
     deep = MLP((*self.deep_mlp, 1), dtype=self.dtype, name="deep")(dense_and_fields(dense, fields))
     return fm + deep[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepFMConfig:
+  """Attributes: deep_mlp: hidden sizes of the deep network (each >= 1; may be empty)."""
+
+  deep_mlp: tuple[int, ...] = (512, 256, 64)
+
+  def __post_init__(self):
+    if any(n < 1 for n in self.deep_mlp):
+      raise ValueError(f"deep_mlp sizes must be >= 1, got {self.deep_mlp}")
+
+
+def _build(config: DeepFMConfig, layout: EmbeddingLayout, options: registry.NetworkOptions):
+  return DeepFM(layout=layout, deep_mlp=config.deep_mlp, dtype=options.dtype)
+
+
+# Adam, as in the paper: the unnormalised FM sum diverges under SGD at lr 0.1.
+registry.register("deepfm", DeepFMConfig, _build, first_order=True, optimizer="adam")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import jax
@@ -11,6 +12,7 @@ from flax import linen as nn
 from jaxrec.layers.embeddings import EmbeddingLayout, FieldEmbeddings
 from jaxrec.layers.interactions import CatInteraction, DotInteraction
 from jaxrec.layers.mlp import MLP
+from jaxrec.models import registry
 
 
 class DLRM(nn.Module):
@@ -47,3 +49,36 @@ class DLRM(nn.Module):
     else:
       z = CatInteraction(name="interaction")(x, fields)
     return MLP(self.top_mlp, dtype=self.dtype, name="top")(z)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class DLRMConfig:
+  """DLRM's hyperparameters (the reference's defaults).
+
+  Attributes:
+    bottom_mlp / top_mlp: MLP layer sizes (the top ends in 1).
+    interaction: "dot" or "cat".
+    self_interaction: the dot interaction includes <t_i, t_i>.
+  """
+
+  bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
+  top_mlp: tuple[int, ...] = (512, 256, 1)
+  interaction: str = "dot"
+  self_interaction: bool = False
+
+  def __post_init__(self):
+    if self.interaction not in ("dot", "cat"):
+      raise ValueError(f"interaction must be dot or cat, got {self.interaction!r}")
+    if self.self_interaction and self.interaction != "dot":
+      raise ValueError("self_interaction only applies to interaction='dot'")
+
+
+def _build(config: DLRMConfig, layout: EmbeddingLayout, options: registry.NetworkOptions):
+  registry.check_bottom_top(config.bottom_mlp, config.top_mlp, layout,
+                            "dlrm with dot interaction", config.interaction == "dot")
+  return DLRM(layout=layout, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
+              interaction=config.interaction, self_interaction=config.self_interaction,
+              dtype=options.dtype, kernels=options.kernels)
+
+
+registry.register("dlrm", DLRMConfig, _build)

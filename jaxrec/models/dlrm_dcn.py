@@ -8,6 +8,7 @@ products, and the top MLP maps the [B, 27 d] result to the logit.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import jax
@@ -17,6 +18,8 @@ from flax import linen as nn
 from jaxrec.layers.cross import CrossNetwork
 from jaxrec.layers.embeddings import EmbeddingLayout, FieldEmbeddings
 from jaxrec.layers.mlp import MLP
+from jaxrec.models import registry
+from jaxrec.models.dcnv2 import check_cross
 
 
 class DLRMDCN(nn.Module):
@@ -48,3 +51,26 @@ class DLRMDCN(nn.Module):
     x0 = vectors.reshape(vectors.shape[0], -1)
     z = CrossNetwork(self.cross_layers, self.cross_rank, self.dtype, name="interaction")(x0)
     return MLP(self.top_mlp, dtype=self.dtype, name="top")(z)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class DLRMDCNConfig:
+  """Attributes: DLRM's bottom_mlp / top_mlp and DCN-V2's cross_layers / cross_rank."""
+
+  bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
+  top_mlp: tuple[int, ...] = (512, 256, 1)
+  cross_layers: int = 3
+  cross_rank: int | None = None
+
+  def __post_init__(self):
+    check_cross(self.cross_layers, self.cross_rank)
+
+
+def _build(config: DLRMDCNConfig, layout: EmbeddingLayout, options: registry.NetworkOptions):
+  registry.check_bottom_top(config.bottom_mlp, config.top_mlp, layout, "dlrm_dcn")
+  return DLRMDCN(layout=layout, bottom_mlp=config.bottom_mlp, top_mlp=config.top_mlp,
+                 cross_layers=config.cross_layers, cross_rank=config.cross_rank,
+                 dtype=options.dtype)
+
+
+registry.register("dlrm_dcn", DLRMDCNConfig, _build)
