@@ -1,4 +1,5 @@
-r"""Preprocess raw Criteo TSV / TSV.gz into memory-mapped split arrays.
+r"""Preprocess raw CTR files (Criteo TSV, Avazu CSV, any CSV/TSV/Parquet with a schema)
+into memory-mapped split arrays.
 
   python -m experiments.preprocess --input=train.txt --output_dir=data/kaggle --split=kaggle
   python -m experiments.preprocess --input=day_0.gz,day_1.gz,...,day_23.gz \
@@ -6,6 +7,8 @@ r"""Preprocess raw Criteo TSV / TSV.gz into memory-mapped split arrays.
   # Terabyte on a Dask cluster, ids hashed on the fly (no counting pass):
   python -m experiments.preprocess --input=/data/criteo1tb --output_dir=/shared/terabyte \
       --split=days --vocabulary=hash:40000000 --engine=dask --scheduler=tcp://HOST:8786
+  # Avazu's CSV (header, id dropped, hour split into hour-of-day and weekday):
+  python -m experiments.preprocess --schema=avazu --input=train.gz --output_dir=data/avazu
 
 Writes {train,validation,test}/{dense,cat,label}.npy, vocab.npz and meta.json
 (see jaxrec.data.preprocess). Re-running with the same inputs and options
@@ -23,6 +26,8 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_list("input", None, "Raw Criteo files (plain or .gz) or directories, comma-separated,"
                   " in order (Terabyte: day_0 .. day_23).")
+flags.DEFINE_string("schema", "criteo", "Columns of the inputs and their encoding: a preset"
+                    " (criteo, criteo_terabyte, avazu) or a JSON schema file (docs/datasets.md).")
 flags.DEFINE_string("output_dir", None, "Where the arrays, vocab.npz and meta.json go.")
 flags.DEFINE_string("split", "random:0.8,0.1,0.1",
                     "'kaggle' (7 consecutive chunks: 6 train, the last halved into test and"
@@ -56,7 +61,12 @@ def main(argv):
   from jaxrec.data.criteo import CriteoFormatError
   from jaxrec.data.preprocess import (PreprocessConfig, parse_split, parse_vocabulary,
                                        preprocess)
+  from jaxrec.data.schema import PRESET_MAX_ROWS, SchemaError, load
   try:
+    try:
+      schema = load(FLAGS.schema)
+    except SchemaError as e:
+      raise ValueError(f"--schema: {e}") from None
     if not FLAGS.input or not FLAGS.output_dir:
       raise ValueError("--input and --output_dir are required")
     parse_split(FLAGS.split)
@@ -76,7 +86,9 @@ def main(argv):
     config = PreprocessConfig(
         inputs=tuple(FLAGS.input), output_dir=FLAGS.output_dir, split=FLAGS.split,
         seed=FLAGS.seed, min_frequency=FLAGS.min_frequency,
-        max_rows_per_table=FLAGS.max_rows_per_table or None, dense_dtype=FLAGS.dense_dtype,
+        max_rows_per_table=FLAGS.max_rows_per_table or (
+            None if FLAGS.vocabulary != "count" else PRESET_MAX_ROWS.get(FLAGS.schema)),
+        schema=schema, dense_dtype=FLAGS.dense_dtype,
         on_bad_row=FLAGS.on_bad_row, block_rows=FLAGS.block_rows, keep_temp=FLAGS.keep_temp,
         vocabulary=FLAGS.vocabulary, engine=FLAGS.engine, scheduler=FLAGS.scheduler,
         workers=FLAGS.dask_workers or None)

@@ -28,6 +28,8 @@ flags.DEFINE_string("data", "synthetic",
                     "'synthetic'; a directory written by experiments.preprocess; or raw Criteo"
                     " TSV / TSV.gz file(s) (comma-separated) or a directory of them, preprocessed"
                     " once into --cache_dir.")
+flags.DEFINE_string("schema", "criteo", "Columns of raw --data and their encoding: a preset"
+                    " (criteo, criteo_terabyte, avazu) or a JSON schema file (docs/datasets.md).")
 flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the synthetic dataset.")
 flags.DEFINE_integer("synthetic_max_vocab", 100_000,
                      "Cap on synthetic table sizes; 0 = real Kaggle cardinalities (33.8M rows).")
@@ -169,6 +171,21 @@ def init_distributed() -> None:
   jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
+def schema_from_flag(spec: str):
+  """--schema -> Schema; a bad preset name or schema file is a one-line FlagError."""
+  from jaxrec.data import schema as schema_lib
+  try:
+    return schema_lib.load(spec)
+  except schema_lib.SchemaError as e:
+    raise FlagError(f"--schema: {e}") from None
+
+
+def max_rows_from_flag(schema_spec: str, max_rows: int) -> int | None:
+  """--max_rows_per_table, else the preset's cap (criteo_terabyte: MLPerf's 40M), else None."""
+  from jaxrec.data import schema as schema_lib
+  return max_rows or schema_lib.PRESET_MAX_ROWS.get(schema_spec)
+
+
 def config_from_flags():
   """Validated flags -> TrainConfig. Raises FlagError with a one-line message."""
   from jaxrec.data.sources import DataConfig
@@ -262,11 +279,13 @@ def config_from_flags():
   if FLAGS.steps_per_call > 1 and mesh is not None:
     raise FlagError(f"--steps_per_call={FLAGS.steps_per_call} runs on one device: drop --mesh")
 
-  data = DataConfig(source=FLAGS.data, synthetic_rows=FLAGS.synthetic_rows,
+  schema = schema_from_flag(FLAGS.schema)
+  data = DataConfig(source=FLAGS.data, schema=schema, synthetic_rows=FLAGS.synthetic_rows,
                     synthetic_max_vocab=FLAGS.synthetic_max_vocab or None,
                     min_frequency=FLAGS.min_frequency, split=split, seed=FLAGS.seed,
                     split_mode=split_mode, on_bad_row=FLAGS.on_bad_row,
-                    max_rows_per_table=FLAGS.max_rows_per_table or None, cache_dir=FLAGS.cache_dir)
+                    max_rows_per_table=max_rows_from_flag(FLAGS.schema, FLAGS.max_rows_per_table),
+                    cache_dir=FLAGS.cache_dir)
   model = ModelConfig(name=FLAGS.model, bottom_mlp=bottom, top_mlp=top,
                       interaction=FLAGS.interaction, self_interaction=FLAGS.interaction_itself,
                       compute_dtype=FLAGS.compute_dtype, attention_factor=FLAGS.attention_factor,

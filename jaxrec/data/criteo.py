@@ -30,10 +30,12 @@ import pyarrow.csv as pacsv
 
 from jaxrec.data.dataset import (CTRDataset, DENSE_NAMES, NUM_DENSE,
                                  NUM_SPARSE, SPARSE_NAMES)
+from jaxrec.data.schema import PAD_ID, slot_starts
 
 FIELD_NAMES = ("label",) + DENSE_NAMES + SPARSE_NAMES
 NUM_FIELDS = len(FIELD_NAMES)
 MISSING_KEY = -1  # key of an empty categorical field
+PAD_KEY = -2  # key of an unused multi-hot slot (schemas with bags)
 OOV_ID = 0  # id of rare and unseen categorical values
 
 _HEX_VALUE = np.full(256, 255, dtype=np.uint8)
@@ -598,6 +600,28 @@ class Vocabulary:
       list(pool.map(one, range(len(self.keys))))
     return ids
 
+  def encode_slots(self, keys: np.ndarray, bag_lengths: Sequence[int], pool=None
+                   ) -> np.ndarray:
+    """Raw keys of every slot [n, sum(bag_lengths)] -> int32 ids; PAD_KEY -> PAD_ID.
+
+    Field j's vocabulary encodes its `bag_lengths[j]` slots.
+    """
+    if all(length == 1 for length in bag_lengths):
+      return self.encode(keys, pool)
+    ids = np.empty(keys.shape, dtype=np.int32)
+    starts = slot_starts(tuple(bag_lengths))
+    def one(j):
+      block = keys[:, starts[j]:starts[j] + bag_lengths[j]]
+      encoded = self.encode_column(j, block.reshape(-1)).reshape(block.shape)
+      encoded[block == PAD_KEY] = PAD_ID
+      ids[:, starts[j]:starts[j] + bag_lengths[j]] = encoded
+    if pool is None:
+      for j in range(len(self.keys)):
+        one(j)
+    else:
+      list(pool.map(one, range(len(self.keys))))
+    return ids
+
   def save(self, path: str) -> None:
     """Writes an .npz (uncompressed: large vocabularies load fast)."""
     np.savez(path, min_frequency=self.min_frequency,
@@ -607,7 +631,8 @@ class Vocabulary:
   @classmethod
   def load(cls, path: str) -> "Vocabulary":
     with np.load(path) as z:
-      keys = tuple(z[f"C{j + 1}"] for j in range(NUM_SPARSE))
+      num = sum(1 for k in z.files if re.fullmatch(r"C[0-9]+", k))
+      keys = tuple(z[f"C{j + 1}"] for j in range(num))
       buckets = int(z["hash_buckets"]) if "hash_buckets" in z.files else -1
       return cls(keys=keys, min_frequency=int(z["min_frequency"]),
                  hash_buckets=None if buckets < 0 else buckets,

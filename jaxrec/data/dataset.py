@@ -25,10 +25,14 @@ class CTRDataset:
 
   Attributes:
     dense: float32 [N, num_dense], already transformed (log1p of counts).
-    cat: int32 [N, num_sparse], contiguous per-column ids in [0, vocab_sizes[j]).
+    cat: int32 [N, num_slots], contiguous per-column ids in [0, vocab_sizes[j]):
+      one slot per field, `bag_lengths[j]` slots for a multi-hot field (unused
+      slots hold `schema.PAD_ID`).
     label: float32 [N], 0 or 1.
     vocab_sizes: rows of each categorical column's embedding table.
     dense_names / sparse_names: field names (for reports and heat-maps).
+    bag_lengths: slots per field (None: one each, no multi-hot field).
+    poolings: "sum" or "mean" per field (None: all "sum").
     oracle_prob: float32 [N] true click probability when known (synthetic
       data), for Bayes-optimal reference metrics; None otherwise.
   """
@@ -40,6 +44,8 @@ class CTRDataset:
   dense_names: tuple[str, ...] = DENSE_NAMES
   sparse_names: tuple[str, ...] = SPARSE_NAMES
   oracle_prob: np.ndarray | None = None
+  bag_lengths: tuple[int, ...] | None = None
+  poolings: tuple[str, ...] | None = None
 
   def __post_init__(self):
     n = len(self.label)
@@ -47,9 +53,10 @@ class CTRDataset:
       raise ValueError(
           f"misaligned arrays: dense {self.dense.shape}, cat {self.cat.shape},"
           f" label {self.label.shape}")
-    if self.cat.shape[1] != len(self.vocab_sizes):
-      raise ValueError(f"cat has {self.cat.shape[1]} columns but"
-                       f" {len(self.vocab_sizes)} vocabulary sizes")
+    slots = len(self.vocab_sizes) if self.bag_lengths is None else sum(self.bag_lengths)
+    if self.cat.shape[1] != slots:
+      raise ValueError(f"cat has {self.cat.shape[1]} columns but the {len(self.vocab_sizes)}"
+                       f" fields have {slots} slots")
 
   def __len__(self) -> int:
     return len(self.label)
@@ -60,7 +67,8 @@ class CTRDataset:
 
   @property
   def num_sparse(self) -> int:
-    return self.cat.shape[1]
+    """Categorical fields (a multi-hot field is one field of several slots)."""
+    return len(self.vocab_sizes)
 
   @property
   def positive_rate(self) -> float:

@@ -48,8 +48,10 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import logging
 
-from jaxrec.data import criteo
+from jaxrec.data import criteo, tabular
+from jaxrec.data import schema as schema_lib
 from jaxrec.data.dataset import CTRDataset, NUM_DENSE, NUM_SPARSE, Splits
+from jaxrec.data.schema import Schema
 
 SPLITS = ("train", "validation", "test")
 FORMAT = "jaxrec-criteo-shards/1"
@@ -57,7 +59,7 @@ META = "meta.json"
 VOCAB = "vocab.npz"
 _ASSIGN_CHUNK = 1 << 16  # positions per random-split assignment chunk
 _MISSING_BYTES = -(-NUM_SPARSE // 8)  # missing-field bitmask bytes per row
-_DATA_FILE = re.compile(r"(day_\d+|.*\.(txt|tsv|csv))(\.gz)?$")
+_DATA_FILE = re.compile(r"(day_\d+|.*\.(txt|tsv|csv))(\.gz)?$|.*\.parquet$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,7 @@ class PreprocessConfig:
     scheduler: address of a running Dask scheduler (engine "dask"); None
       starts a local cluster of `workers` processes.
     workers: Dask local-cluster worker processes (None: one per core).
+    schema: the columns of the inputs and how each is encoded (default Criteo's).
   """
 
   inputs: tuple[str, ...]
@@ -104,6 +107,7 @@ class PreprocessConfig:
   engine: str = "local"
   scheduler: str | None = None
   workers: int | None = None
+  schema: Schema = schema_lib.criteo()
 
   def options(self) -> dict:
     """The options that determine the output (not where or how fast)."""
@@ -112,6 +116,8 @@ class PreprocessConfig:
                "on_bad_row": self.on_bad_row}
     if self.vocabulary != "count":  # absent for counted vocabularies: older caches stay valid
       options["vocabulary"] = self.vocabulary
+    if self.schema != schema_lib.criteo():  # Criteo's identity predates schemas: caches stay valid
+      options["schema"] = self.schema.to_json()
     return options
 
 
@@ -296,18 +302,35 @@ def _temp_paths(tmp: str, i: int) -> dict[str, str]:
           ("label", "dense", "keys", "missing", "lines", "json")}
 
 
-def _encode_block(path: str, first_line: int, buf: bytes, on_bad_row: str) -> dict:
+def _encode_block(path: str, first_line: int, buf: bytes, on_bad_row: str,
+                  fmt: tabular.TextFormat | None = None) -> dict:
   """Pass-1 work of one text block (runs on a worker thread): parsed, transformed arrays.
 
   ``rows`` is 0 (and no arrays) when every line was skipped; raises
   `CriteoFormatError` for a bad line under ``on_bad_row="error"``. Skipped lines
-  go to the block's own log, merged in file order by the caller.
+  go to the block's own log, merged in file order by the caller. `fmt`: the
+  schema's text format (None: Criteo's fast hex path).
   """
   bad = criteo.BadRowLog()
-  block = criteo.parse_block(path, first_line, buf, on_bad_row, bad)
+  if fmt is None:
+    block = criteo.parse_block(path, first_line, buf, on_bad_row, bad)
+  else:
+    block = tabular.parse_block(fmt, first_line, buf, on_bad_row, bad)
+  return _block_part(block, bad, None if fmt is None else fmt.schema)
+
+
+def _block_part(block: criteo.RawBlock | None, bad: criteo.BadRowLog,
+                schema: Schema | None) -> dict:
+  """The pass-1 arrays of a parsed block (`schema` None: Criteo's compact hex keys)."""
   if block is None:
     return {"bad": bad, "rows": 0}
   keys = block.cat_keys
+  if schema is not None:  # text keys need 64 bits; MISSING_KEY / PAD_KEY stay inline
+    return {"bad": bad, "rows": len(block),
+            "lines": block.line_numbers() if block.lines is not None else None,
+            "label": block.label.astype(np.int8),
+            "dense": tabular.transform_dense(schema, block.dense),
+            "keys": keys.astype(np.int64)}
   return {
       "bad": bad, "rows": len(block),
       "lines": block.line_numbers() if block.lines is not None else None,
@@ -351,13 +374,27 @@ def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool, wor
   checksum = hashlib.sha256()
   bad = criteo.BadRowLog()
   progress = _Progress(f"parse {os.path.basename(path)}", None, report)
-  files = {k: open(paths[k], "wb") for k in ("label", "dense", "keys", "missing")}
+  schema = config.schema
+  generic = not schema.is_criteo_layout()
+  files = {k: open(paths[k], "wb") for k in ("label", "dense", "keys", "missing")[:4 - generic]}
   lines_file = None
   rows = lines = 0
   try:
-    text_blocks = _background(criteo.iter_text_blocks(path, config.block_rows * 256, checksum))
-    jobs = ((path, first_line, buf, config.on_bad_row) for first_line, buf in text_blocks)
-    for part in _ordered_map(pool, _encode_block, jobs, depth=workers + 1):
+    if generic and tabular.is_parquet(path, schema):
+      batches = tabular.iter_parquet_batches(path, schema, config.block_rows,
+                                             on_bad_row=config.on_bad_row, checksum=checksum)
+      parts = (_block_part(block, log, schema) for block, log in _background(batches))
+    else:
+      if generic:
+        text_jobs = tabular.iter_text_jobs(path, schema, config.block_rows * 256, checksum)
+        jobs = ((path, first_line, buf, config.on_bad_row, fmt)
+                for fmt, first_line, buf in _background(text_jobs))
+      else:
+        text_blocks = _background(criteo.iter_text_blocks(path, config.block_rows * 256,
+                                                          checksum))
+        jobs = ((path, first_line, buf, config.on_bad_row) for first_line, buf in text_blocks)
+      parts = _ordered_map(pool, _encode_block, jobs, depth=workers + 1)
+    for part in parts:
       lines += part["bad"].count + part["rows"]
       bad.merge(part["bad"])
       if not part["rows"]:
@@ -397,30 +434,33 @@ def _parse_file(i: int, path: str, tmp: str, config: PreprocessConfig, pool, wor
 
 
 def _read_temp(tmp: str, i: int, record: dict, start: int, stop: int,
-               keys: bool = True) -> dict[str, np.ndarray]:
+               keys: bool = True, schema: Schema = schema_lib.criteo()) -> dict[str, np.ndarray]:
   """Rows [start, stop) of input `i`'s pass-1 arrays (plain reads: no mmap in RSS).
 
   Without `keys` only the labels and line numbers are read (what splitting needs).
   """
   paths = _temp_paths(tmp, i)
   n = stop - start
-  def read(name, dtype, width):
-    itemsize = np.dtype(dtype).itemsize * width
+  def read(name, dtype, width):  # width None: one value per row, a flat array
+    per_row = 1 if width is None else width
     with open(paths[name], "rb") as f:
-      f.seek(start * itemsize)
-      out = np.fromfile(f, dtype=dtype, count=n * width)
-    return out.reshape(n, width) if width > 1 else out
-  out = {"label": read("label", np.int8, 1)}
+      f.seek(start * np.dtype(dtype).itemsize * per_row)
+      out = np.fromfile(f, dtype=dtype, count=n * per_row)
+    return out if width is None else out.reshape(n, width)
+  out = {"label": read("label", np.int8, None)}
   if keys:
-    out["dense"] = read("dense", np.float32, NUM_DENSE)
-    cat = read("keys", np.uint32, NUM_SPARSE).astype(np.int64)
-    missing = read("missing", np.uint8, _MISSING_BYTES)
-    if missing.any():
-      bits = np.unpackbits(missing, axis=1, count=NUM_SPARSE, bitorder="little")
-      cat[bits.astype(bool)] = criteo.MISSING_KEY
+    out["dense"] = read("dense", np.float32, schema.num_dense)
+    if schema.is_criteo_layout():
+      cat = read("keys", np.uint32, NUM_SPARSE).astype(np.int64)
+      missing = read("missing", np.uint8, _MISSING_BYTES)
+      if missing.any():
+        bits = np.unpackbits(missing, axis=1, count=NUM_SPARSE, bitorder="little")
+        cat[bits.astype(bool)] = criteo.MISSING_KEY
+    else:
+      cat = read("keys", np.int64, schema.num_slots)
     out["keys"] = cat
   if record["has_lines"]:
-    out["lines"] = read("lines", np.int64, 1)
+    out["lines"] = read("lines", np.int64, None)
   else:
     out["lines"] = np.arange(start + 1, stop + 1, dtype=np.int64)
   return out
@@ -449,6 +489,7 @@ class Job:
     buckets: hash buckets before counting (``max_rows_per_table - 1``) or None.
     count_keys: False under ``vocabulary="hash:N"`` (no key is read in pass 2).
     dense_dtype: stored dense dtype name.
+    schema: the inputs' columns (`jaxrec.data.schema`).
   """
 
   tmp: str
@@ -459,6 +500,7 @@ class Job:
   buckets: int | None
   count_keys: bool
   dense_dtype: str
+  schema: Schema = schema_lib.criteo()
 
   def chunks(self, chunk_rows: int) -> list[tuple[int, int, int]]:
     """(input, start row, stop row) of every count / encode chunk, in row order."""
@@ -468,7 +510,7 @@ class Job:
   def read(self, chunk: tuple[int, int, int], keys: bool = True) -> dict[str, np.ndarray]:
     """A chunk's pass-1 arrays and the split of each row (``split``)."""
     i, start, stop = chunk
-    part = _read_temp(self.tmp, i, self.records[i], start, stop, keys)
+    part = _read_temp(self.tmp, i, self.records[i], start, stop, keys, self.schema)
     part["split"] = self.assigner.assign(self.line_offsets[i] + part["lines"] - 1)
     return part
 
@@ -483,11 +525,32 @@ def count_part(job: Job, part: dict[str, np.ndarray], pool=None
   if not job.count_keys:
     return stats, None
   train_keys = part["keys"][part["split"] == 0]
+  counter = criteo.FrequencyCounter(job.schema.num_fields)
+  if job.schema.has_bags:
+    count_fields(counter, train_keys, job.schema.bag_lengths, job.buckets, pool)
+    return stats, counter
   if job.buckets is not None:
     train_keys = criteo.hash_keys(train_keys, job.buckets)
-  counter = criteo.FrequencyCounter()
   counter.update(train_keys, pool)
   return stats, counter
+
+
+def count_fields(counter: criteo.FrequencyCounter, keys: np.ndarray,
+                 bag_lengths: Sequence[int], buckets: int | None, pool=None) -> None:
+  """Counts every field's keys of slot keys [n, sum(bag_lengths)] (PAD_KEY slots skipped)."""
+  starts = schema_lib.slot_starts(tuple(bag_lengths))
+  def one(j):
+    column = keys[:, starts[j]:starts[j] + bag_lengths[j]].reshape(-1)
+    if bag_lengths[j] > 1:
+      column = column[column != criteo.PAD_KEY]
+    if buckets is not None:
+      column = criteo.hash_keys(column, buckets)
+    counter.update_column(j, column)
+  if pool is None:
+    for j in range(len(bag_lengths)):
+      one(j)
+  else:
+    list(pool.map(one, range(len(bag_lengths))))
 
 
 def count_chunk(job: Job, chunk: tuple[int, int, int]):
@@ -499,7 +562,8 @@ def encode_chunk(job: Job, chunk: tuple[int, int, int], vocab: criteo.Vocabulary
                  ) -> dict[str, dict[str, bytes]]:
   """Pass 3 of one chunk: the bytes it adds to each split's dense, cat and label arrays."""
   part = job.read(chunk)
-  ids = vocab.encode(part["keys"], pool)  # whole chunk: one lookup table per column
+  # Whole chunk: one lookup table per column.
+  ids = vocab.encode_slots(part["keys"], job.schema.bag_lengths, pool)
   out = {}
   for s, split in enumerate(SPLITS):
     sel = part["split"] == s
@@ -515,8 +579,8 @@ def array_layout(job: Job, sizes: dict) -> dict[tuple[str, str], tuple[np.dtype,
   layout = {}
   for s, split in enumerate(SPLITS):
     n = sizes["rows"][s]
-    for name, dtype, shape in (("dense", np.dtype(job.dense_dtype), (n, NUM_DENSE)),
-                               ("cat", np.dtype(np.int32), (n, NUM_SPARSE)),
+    for name, dtype, shape in (("dense", np.dtype(job.dense_dtype), (n, job.schema.num_dense)),
+                               ("cat", np.dtype(np.int32), (n, job.schema.num_slots)),
                                ("label", np.dtype(np.float32), (n,))):
       layout[split, name] = (dtype, shape)
   return layout
@@ -556,7 +620,7 @@ class LocalEngine:
 
   def count(self, job: Job, chunks, report) -> tuple[np.ndarray, criteo.FrequencyCounter | None]:
     """Per-chunk stats [C, 2, 3] and the training rows' key counts (None: not counted)."""
-    counter = criteo.FrequencyCounter() if job.count_keys else None
+    counter = criteo.FrequencyCounter(job.schema.num_fields) if job.count_keys else None
     progress = _Progress("count", sum(r["rows"] for r in job.records), report)
     stats = []
     # Chunks are read ahead on a thread; each chunk's columns are counted on the pool.
@@ -648,7 +712,8 @@ def preprocess(config: PreprocessConfig,
     job = Job(tmp=tmp, out=out, records=tuple(records), assigner=assigner,
               line_offsets=tuple(int(x) for x in np.cumsum([0] + [r["lines"] for r in records])),
               buckets=None if config.max_rows_per_table is None else config.max_rows_per_table - 1,
-              count_keys=hash_buckets is None, dense_dtype=config.dense_dtype)
+              count_keys=hash_buckets is None, dense_dtype=config.dense_dtype,
+              schema=config.schema)
     chunks = job.chunks(config.chunk_rows)
     # Pass 2: split sizes, positive rates, training-row frequencies -> vocabulary.
     vocab_path = os.path.join(tmp, VOCAB)
@@ -666,7 +731,7 @@ def preprocess(config: PreprocessConfig,
       counting = time.perf_counter()
       stats, counter = engine.count(job, chunks, report)
       if hash_buckets is not None:
-        vocab = criteo.Vocabulary.hashing(hash_buckets)
+        vocab = criteo.Vocabulary.hashing(hash_buckets, config.schema.num_fields)
       else:
         vocab = criteo.Vocabulary.from_counts(counter, config.min_frequency, job.buckets)
       del counter
@@ -693,8 +758,10 @@ def preprocess(config: PreprocessConfig,
       "positive_rate": {split: sizes["positives"][s] / max(sizes["rows"][s], 1)
                         for s, split in enumerate(SPLITS)},
       "vocab_sizes": list(vocab.sizes),
-      "num_dense": NUM_DENSE,
-      "num_sparse": NUM_SPARSE,
+      "num_dense": config.schema.num_dense,
+      "num_sparse": config.schema.num_fields,
+      "schema": config.schema.to_json(),
+      "bag_lengths": list(config.schema.bag_lengths),
       "dense_dtype": config.dense_dtype,
       "options": config.options(),
       "split_mode": mode,
@@ -734,11 +801,23 @@ def load_preprocessed(path: str) -> Splits:
   """Memory-mapped train / validation / test `CTRDataset`s of a preprocessed directory."""
   meta = load_meta(path)
   sizes = tuple(meta["vocab_sizes"])
+  schema = load_schema(path)
+  names = {"dense_names": tuple(schema.dense_names), "sparse_names": schema.field_names}
+  if schema.has_bags:
+    names.update(bag_lengths=schema.bag_lengths, poolings=schema.poolings)
   def split(name):
     arrays = {k: np.load(os.path.join(path, name, f"{k}.npy"), mmap_mode="r")
               for k in ("dense", "cat", "label")}
-    return CTRDataset(vocab_sizes=sizes, **arrays)
+    return CTRDataset(vocab_sizes=sizes, **names, **arrays)
   return Splits(*(split(s) for s in SPLITS))
+
+
+def load_schema(path: str) -> Schema:
+  """The schema a preprocessed directory was written with (Criteo's before schemas)."""
+  meta = load_meta(path)
+  if "schema" not in meta:
+    return schema_lib.criteo()
+  return Schema.from_json(meta["schema"], where=os.path.join(path, META))
 
 
 def load_vocabulary(path: str) -> criteo.Vocabulary:

@@ -19,6 +19,7 @@ import json
 import os
 
 from jaxrec.data import criteo, preprocess, synthetic
+from jaxrec.data import schema as schema_lib
 from jaxrec.data.dataset import Splits, random_split_indices
 
 SPLIT_MODES = ("random", "kaggle", "days")
@@ -49,6 +50,8 @@ class DataConfig:
     max_rows_per_table: cap on table rows for raw inputs (hashing); None: none.
     on_bad_row: "error" or "skip" malformed lines of raw inputs.
     cache_dir: where raw inputs are preprocessed (None: `default_cache_dir()`).
+    schema: columns of raw inputs and their encoding (`jaxrec.data.schema`; a
+      preprocessed directory carries its own).
   """
 
   source: str = "synthetic"
@@ -61,6 +64,7 @@ class DataConfig:
   max_rows_per_table: int | None = None
   on_bad_row: str = "error"
   cache_dir: str | None = None
+  schema: schema_lib.Schema = schema_lib.criteo()
 
   @property
   def split_spec(self) -> str:
@@ -84,7 +88,7 @@ def preprocessed_dir(config: DataConfig, report=None) -> str:
   pconfig = preprocess.PreprocessConfig(
       inputs=_raw_inputs(config), output_dir="", split=config.split_spec, seed=config.seed,
       min_frequency=config.min_frequency, max_rows_per_table=config.max_rows_per_table,
-      on_bad_row=config.on_bad_row)
+      on_bad_row=config.on_bad_row, schema=config.schema)
   inputs = preprocess.expand_inputs(pconfig.inputs)
   key = json.dumps({"inputs": [os.path.abspath(p) for p in inputs],
                     "options": pconfig.options()}, sort_keys=True)

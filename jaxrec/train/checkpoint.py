@@ -6,6 +6,11 @@ needs: step, network params, optimizer state, embedding tables and their
 sparse-optimizer state (the `TrainState`), and the loop position in `meta`.
 Data order and dropout keys are functions of (seed, step), so they need no
 separate state.
+
+Orbax cannot save arrays with zero elements (a model with no dense features has
+a ``[0, n]`` bottom kernel): such leaves are saved as a one-element placeholder
+and their shapes listed in the saved meta (`ZERO_SIZE_KEY`), then rebuilt as
+zeros on restore.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from etils import epath
 import orbax.checkpoint as ocp
@@ -44,6 +51,44 @@ def _path_names(path) -> tuple[str, ...]:
   return tuple(names)
 
 
+ZERO_SIZE_KEY = "zero_size_leaves"
+
+
+def _is_zero_size(x) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype") and int(np.prod(x.shape)) == 0
+
+
+def _placeholder(x):
+  """A one-element stand-in of a zero-size leaf (array or ShapeDtypeStruct)."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    sharding = x.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.ShapeDtypeStruct((1,), x.dtype, sharding=sharding)
+  return np.zeros((1,), x.dtype)
+
+
+def _hide_zero_size(tree) -> tuple[Any, dict]:
+  """`tree` with zero-size leaves replaced by placeholders, and {path: [shape, dtype]}."""
+  found = {}
+  def one(path, x):
+    if not _is_zero_size(x):
+      return x
+    found["/".join(_path_names(path))] = [list(x.shape), np.dtype(x.dtype).name]
+    return _placeholder(x)
+  return jax.tree_util.tree_map_with_path(one, tree), found
+
+
+def _restore_zero_size(tree, found: dict):
+  """Placeholders listed in `found` back to zero-size arrays."""
+  if not found:
+    return tree
+  def one(path, x):
+    entry = found.get("/".join(_path_names(path)))
+    return x if entry is None else jnp.zeros(tuple(entry[0]), entry[1])
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
 class Checkpointer:
   """Keeps the latest `keep` checkpoints under `directory`."""
 
@@ -62,6 +107,9 @@ class Checkpointer:
     # No OCDBT data-file size target: with orbax's default (2 GiB) an array above it is
     # cut into chunks that divide its shape, and a Criteo table's row count is often
     # prime (Kaggle: 33,762,577), which left 1-row chunks and exhausted 24 GB of memory.
+    state, zero_size = _hide_zero_size(state)
+    if zero_size:
+      meta = {**meta, ZERO_SIZE_KEY: zero_size}
     with _quiet():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state, ocdbt_target_data_file_size=0),
@@ -87,6 +135,8 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = None if target_state is None else jax.tree_util.tree_map(
         ocp.utils.to_shape_dtype_struct, target_state)
+    if abstract is not None:
+      abstract, _ = _hide_zero_size(abstract)
     strict = True
     if abstract is not None and resizable_rows:
       self._check_shapes(step, abstract, resizable_rows)
@@ -100,7 +150,8 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args),
           meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    meta = dict(restored["meta"])
+    return _restore_zero_size(restored["state"], meta.pop(ZERO_SIZE_KEY, {})), meta
 
   def _check_shapes(self, step: int, abstract: Any, resizable_rows: tuple[str, ...]) -> None:
     """Raises unless saved and target shapes agree, up to rows of `resizable_rows` fields."""
