@@ -24,7 +24,7 @@ from jaxrec.kernels import cpu as cpu_kernels
 from jaxrec.layers.embeddings import EmbeddingConfig, EmbeddingLayout
 
 # The modules that register models, in `--model` listing order.
-MODEL_MODULES = ("dlrm", "afm", "afm_classic", "fm", "deepfm", "dcnv2", "dlrm_dcn")
+MODEL_MODULES = ("dlrm", "afm", "afm_classic", "fm", "deepfm", "dcnv2", "dlrm_dcn", "autoint")
 
 # (own config, layout, options) -> Linen network with signature (dense, rows, *, train) -> logits.
 Builder = Callable[[Any, EmbeddingLayout, "NetworkOptions"], nn.Module]
