@@ -26,7 +26,8 @@ flags.DEFINE_string("checkpoint", None, "Run directory (experiments.train / impo
 flags.DEFINE_string("output", None, "Artifact file to write (e.g. model.serving.npz).")
 flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for (cpu, cuda, rocm, tpu).")
 flags.DEFINE_integer("batch_size", 0, "Fixed batch size (0: symbolic batch dimension).")
-flags.DEFINE_integer("step", -1, "Checkpoint step (-1: the latest).")
+flags.DEFINE_integer("step", -1, "Checkpoint step (-1: the model selected on validation, else the"
+                     " latest).")
 flags.DEFINE_enum("quantize", "none", ["none", "int8", "int4"],
                   "Embedding tables: float32 as trained (none), or row-wise 8/4-bit codes with a"
                   " float16 scale and bias per row.")

@@ -89,6 +89,13 @@ flags.DEFINE_bool("attention_heatmap", False,
                   "afm/afm_classic: write the mean test-split attention per field pair to"
                   " <output_dir>/attention_heatmap.png and attention.json.")
 flags.DEFINE_integer("seed", 0, "Seed of init, data, split and dropout.")
+flags.DEFINE_enum("select_metric", "logloss", ["logloss", "auc", "last"],
+                  "Validation metric that selects the reported model: its best evaluation is"
+                  " checkpointed (kept beside the latest ones) and tested, exported and served;"
+                  " last = no selection, the final model.")
+flags.DEFINE_integer("early_stopping_patience", 0,
+                     "Stop after N validation evaluations without a better --select_metric"
+                     " (--epochs becomes an upper bound); 0 = train all epochs.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 = each epoch).")
 flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
 flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
@@ -206,7 +213,7 @@ def config_from_flags():
   if FLAGS.max_rows_per_table == 1:
     raise FlagError("--max_rows_per_table=1: must be 0 (no cap) or >= 2")
   for name in ("eval_every", "checkpoint_every", "max_steps", "synthetic_max_vocab",
-               "max_rows_per_table"):
+               "max_rows_per_table", "early_stopping_patience"):
     if getattr(FLAGS, name) < 0:
       raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 0")
   optimizer, learning_rate = default_optimizer(FLAGS.model)
@@ -218,6 +225,11 @@ def config_from_flags():
       or learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
     raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0 (finite)")
   from jaxrec.train.schedules import ScheduleConfig
+  from jaxrec.train.selection import Selection
+  try:
+    Selection(FLAGS.select_metric, max(FLAGS.early_stopping_patience, 0))
+  except ValueError as e:
+    raise FlagError(f"--{e}") from None
   lr_schedule = ScheduleConfig(FLAGS.lr_schedule, FLAGS.warmup_steps, FLAGS.decay_start_step,
                                FLAGS.decay_steps)
   try:
@@ -304,7 +316,8 @@ def config_from_flags():
       embedding_learning_rate=FLAGS.embedding_learning_rate or None, lr_schedule=lr_schedule,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
-      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed, factorize=factorize, mesh=mesh,
+      checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
+      select_metric=FLAGS.select_metric, early_stopping_patience=FLAGS.early_stopping_patience, factorize=factorize, mesh=mesh,
       on_nonfinite=FLAGS.on_nonfinite, steps_per_call=FLAGS.steps_per_call)
 
 
@@ -383,6 +396,9 @@ def summary(metrics: dict, output_dir: str) -> str:
       f" examples/s; inference {metrics['eval_examples_per_sec']:,.0f} examples/s"
       f" ({metrics['inference_examples_per_sec']:,.0f} at batch 8192)",
   ]
+  if metrics.get("best_step") is not None:
+    lines.append(f"  selected  step {metrics['best_step']} of {metrics['steps']} (best validation"
+                 f" {metrics['select_metric']}{', stopped early' if metrics['stopped_early'] else ''})")
   if metrics.get("factorize", "none") != "none":
     ranks = ", ".join(f"{k} {'dense' if r is None else r}" for k, r in metrics["layer_ranks"].items())
     lines.append(f"  factorize {metrics['factorize']}: {metrics['dense_param_count']:,} network"

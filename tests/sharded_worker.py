@@ -117,7 +117,8 @@ def reshard(workdir):
     steps.append(report["steps"])
   a, _ = Checkpointer(os.path.join(workdir, "one-device", "checkpoints")).restore()
   b, _ = Checkpointer(os.path.join(run, "checkpoints")).restore()
-  history = [json.loads(line)["step"] for line in open(os.path.join(run, "history.jsonl"))]
+  history = [h["step"] for h in map(json.loads, open(os.path.join(run, "history.jsonl")))
+             if h["split"] == "validation"]
   return {"steps": steps, "full_steps": full["steps"], "max_diff": _max_diff(a, b),
           "shapes_equal": [np.shape(x) for x in jax.tree_util.tree_leaves(a)]
                           == [np.shape(x) for x in jax.tree_util.tree_leaves(b)],

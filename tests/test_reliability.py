@@ -99,7 +99,7 @@ def _assert_same_run(a, b):
   assert metrics[0] == metrics[1]
   history = [[_untimed(json.loads(line)) for line in open(os.path.join(d, "history.jsonl"))]
              for d in (a, b)]
-  assert [h["step"] for h in history[0]] == [7, 14, 21, 28, 30]
+  assert [h["step"] for h in history[0] if h["split"] == "validation"] == [7, 14, 21, 28, 30]
   assert history[0] == history[1]
 
 
@@ -125,7 +125,8 @@ def test_sigkill_after_a_step_and_during_an_eval_then_resume_is_bit_identical(
   assert _params(out)[0] == 10
   _train(out, "--resume", kill_at="eval:21")  # mid-evaluation; checkpoint 20 on disk
   assert _params(out)[0] == 20
-  steps = [json.loads(line)["step"] for line in open(os.path.join(out, "history.jsonl"))]
+  steps = [h["step"] for h in map(json.loads, open(os.path.join(out, "history.jsonl")))
+           if h["split"] == "validation"]
   assert steps == [7, 14]  # the eval at 21 was cut short before its record
   _train(out, "--resume")
   _assert_same_run(reference, out)
@@ -135,12 +136,16 @@ def test_sigkill_after_a_step_and_during_an_eval_then_resume_is_bit_identical(
 def test_sigkill_during_a_save_keeps_the_previous_checkpoint(reference, tmp_path):
   out = str(tmp_path / "run")
   checkpoints = os.path.join(out, "checkpoints")
-  for where, step, previous in [("create", 15, 10), ("commit", 25, 20)]:
+  # Checkpoints every 5 steps, and at the evaluations (every 7) that improve validation
+  # logloss (the selected model): the previous one is the newest committed below `step`.
+  for where, step, previous in [("create", 15, (10, 14)), ("commit", 25, (20, 21))]:
     _train(out, *(["--resume"] if step > 15 else []), kill_in_save=f"{where}:{step}")
     leftovers = [d for d in os.listdir(checkpoints) if d.startswith(f"{step}.")]
     assert leftovers, os.listdir(checkpoints)  # killed mid-save: an uncommitted tmp dir
     assert str(step) not in os.listdir(checkpoints)
     latest, leaves = _params(out)  # the previous checkpoint is the latest and restores
-    assert latest == previous and all(np.isfinite(x).all() for x in leaves)
+    committed = [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
+    assert latest == max(committed) and latest in previous
+    assert all(np.isfinite(x).all() for x in leaves)
   _train(out, "--resume")
   _assert_same_run(reference, out)

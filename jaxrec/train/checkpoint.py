@@ -4,8 +4,12 @@ Each save is atomic (orbax writes a temporary directory and renames it), so a
 run killed mid-save still has its previous checkpoint. What a resumed run
 needs: step, network params, optimizer state, embedding tables and their
 sparse-optimizer state (the `TrainState`), and the loop position in `meta`.
-Data order and dropout keys are functions of (seed, step), so they need no
-separate state.
+
+Besides the latest `keep` checkpoints, the newest one saved with
+``selected=True`` (the model selected on validation) is kept, however old:
+orbax's best-N preservation over a tag, the selected step, recorded with each
+save (-1 for untagged saves). Data order and dropout keys are functions of
+(seed, step), so they need no separate state.
 
 Orbax cannot save arrays with zero elements (a model with no dense features has
 a ``[0, n]`` bottom kernel): such leaves are saved as a one-element placeholder
@@ -89,13 +93,23 @@ def _restore_zero_size(tree, found: dict):
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
+_SELECTED = "selected_step"  # the orbax metric that tags the selected checkpoint
+
+
+def _selected_tag(metrics) -> int:
+  return int(metrics[_SELECTED]) if metrics and _SELECTED in metrics else -1
+
+
 class Checkpointer:
-  """Keeps the latest `keep` checkpoints under `directory`."""
+  """Keeps the latest `keep` checkpoints under `directory`, and the newest selected one."""
 
   def __init__(self, directory: str, keep: int = 2):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=preservation_policy.LatestN(keep),
+        preservation_policy=preservation_policy.AnyPreservationPolicy([
+            preservation_policy.LatestN(keep),
+            preservation_policy.BestN(get_metric_fn=_selected_tag, n=1)]),
+        best_fn=_selected_tag, best_mode="max",
         enable_async_checkpointing=False, create=True)
     with _quiet():
       self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -103,7 +117,15 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict) -> None:
+  def selected_step(self) -> int | None:
+    """The newest checkpoint saved with ``selected=True``, or None."""
+    best = self._manager.best_step()
+    if best is None or _selected_tag(self._manager.metrics(best)) < 0:
+      return None
+    return best
+
+  def save(self, step: int, state: Any, meta: dict, *, selected: bool = False) -> None:
+    """Saves `state` and `meta` at `step`; `selected` tags it as the model to keep."""
     # No OCDBT data-file size target: with orbax's default (2 GiB) an array above it is
     # cut into chunks that divide its shape, and a Criteo table's row count is often
     # prime (Kaggle: 33,762,577), which left 1-row chunks and exhausted 24 GB of memory.
@@ -113,7 +135,8 @@ class Checkpointer:
     with _quiet():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state, ocdbt_target_data_file_size=0),
-          meta=ocp.args.JsonSave(meta)), force=True)
+          meta=ocp.args.JsonSave(meta)), metrics={_SELECTED: step if selected else -1},
+          force=True)
 
   def restore(self, target_state: Any = None, step: int | None = None, *,
               resizable_rows: tuple[str, ...] = ()) -> tuple[Any, dict]:

@@ -28,7 +28,7 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
 from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
-from jaxrec.train import factorize_phase, faults, run_dir, schedules, sparse
+from jaxrec.train import factorize_phase, faults, run_dir, schedules, selection, sparse
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train.sharding import MeshConfig, place_batches
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
@@ -50,13 +50,20 @@ class TrainConfig:
       (`jaxrec.train.schedules`).
     batch_size: training batch (static; the last one is padded and masked).
     eval_batch_size: evaluation batch.
-    epochs: passes over the training split.
+    epochs: passes over the training split (an upper bound with early stopping).
     max_steps: stop after this many steps (None: all epochs).
     eval_every: evaluate on validation every N steps (0: each epoch end).
     log_every: fetch and log the running loss every N steps.
     checkpoint_every: save every N steps (0: each epoch end); the end is always saved.
       -1: never save (benchmark runs; such a run cannot be resumed).
     seed: init, data order and dropout seed.
+    select_metric: validation metric that selects the reported model (logloss,
+      auc; last: none, the final model): its best evaluation is checkpointed as
+      selected, and the test
+      metrics, test_predictions.npz and `run_dir.load_run` use that model.
+      Needs checkpoints (checkpoint_every >= 0); otherwise the last model.
+    early_stopping_patience: stop after this many validation evaluations
+      without improvement of select_metric (0: train all epochs).
     mesh: train on a (data, model) device mesh (`jaxrec.train.sharded_step`);
       None: one device. Checkpoints restore on any mesh.
     factorize: low-rank factorization of the Dense layers (None: dense);
@@ -87,6 +94,8 @@ class TrainConfig:
   log_every: int = 100
   checkpoint_every: int = 0
   seed: int = 0
+  select_metric: str = "logloss"
+  early_stopping_patience: int = 0
   mesh: MeshConfig | None = None
   factorize: FactorizeConfig | None = None
   on_nonfinite: str = "stop"
@@ -104,7 +113,7 @@ class TrainConfig:
 
 # Config sections that must match for a checkpoint to be resumed.
 _RESUME_KEYS = ("model", "embedding", "data", "optimizer", "embedding_optimizer", "batch_size",
-                "seed", "lr_schedule")
+                "seed", "lr_schedule", "select_metric")
 
 
 def _trained_structure(config_json: dict):
@@ -164,6 +173,18 @@ def build_optimizers(config: TrainConfig, total_steps: int):
                                total_steps)
   return (dense_optimizer(config.optimizer, dense_rate),
           sparse.create(config.resolved_embedding_optimizer, table_rate), dense_rate, table_rate)
+
+
+def _restore_selected(checkpointer: Checkpointer, state: TrainState, step: int,
+                      resizable: tuple[str, ...]) -> tuple[TrainState, int]:
+  """(the model selected on validation, its step): its tagged checkpoint, or `state`
+  itself when that is the current step or nothing was selected."""
+  chosen = checkpointer.selected_step()
+  if chosen is None or chosen == step:
+    return state, step
+  logging.info("restoring the model selected on validation (step %d)", chosen)
+  restored, _ = checkpointer.restore(state, step=chosen, resizable_rows=resizable)
+  return restored, chosen
 
 
 def _writer() -> bool:
@@ -317,10 +338,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   step = 0
   monitor = faults.NonFiniteMonitor(config.on_nonfinite)
+  selected = selection.Selection(config.select_metric, config.early_stopping_patience)
   if resume and checkpointer.latest_step() is not None:
     state, meta = checkpointer.restore(state, resizable_rows=resizable)
     step = int(meta["step"])
     monitor.skipped = int(meta.get("skipped_nonfinite_batches", 0))
+    selected.restore(meta.get("selection", {}))
     _truncate_history(history_path, step)
     logging.info("resumed from step %d", step)
   elif os.path.exists(history_path) and _writer():
@@ -343,8 +366,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                  result["baseline_logloss"], result["accuracy"], result["calibration"])
     return result
 
-  def save():
-    checkpointer.save(step, state, {"step": step, "skipped_nonfinite_batches": monitor.skipped})
+  def save(is_selected=False):
+    checkpointer.save(step, state, {"step": step, "skipped_nonfinite_batches": monitor.skipped,
+                                    "selection": selected.to_meta()}, selected=is_selected)
     on_event("save", step)
 
   def check_finite():  # a host sync: only where the loop syncs anyway
@@ -357,7 +381,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   train_seconds, timed_examples, compile_seconds = 0.0, 0, 0.0
   compiled = set()  # the step functions called so far: their first call compiles
   running, window_start, window_steps = None, time.perf_counter(), 0
-  while step < total_steps:
+  while step < total_steps and not selected.should_stop:
     epoch, start_batch = divmod(step, steps_per_epoch)
     batches = iter(loader.prefetch_to_device(place_batches(loader.iterate_batches(
         splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
@@ -414,16 +438,20 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         jax.block_until_ready(state.step)
         train_seconds += time.perf_counter() - tic
         check_finite()
-        if do_eval:
-          run_eval(splits.validation, "validation")
-        if do_save:
-          save()
+        improved = do_eval and selected.update(step, run_eval(splits.validation, "validation"))
+        checkpoints = config.checkpoint_every >= 0
+        if do_save or (checkpoints and (improved or selected.should_stop)):
+          save(is_selected=improved)
         tic = time.perf_counter()
-      if step >= total_steps:
+      if step >= total_steps or selected.should_stop:
         break
     jax.block_until_ready(state.step)
     train_seconds += time.perf_counter() - tic
   check_finite()
+  if selected.should_stop:
+    logging.info("early stopping at step %d: %d evaluations without a better validation %s",
+                 step, selected.evals_since_best, config.select_metric)
+  state, tested_step = _restore_selected(checkpointer, state, step, resizable)
   checkpointer.close()
 
   factorize_report = {}
@@ -456,6 +484,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       "num_eval_examples": len(splits.test),
       "eval_split": "test",
       "steps": step,
+      "stopped_early": selected.should_stop,
+      "tested_step": tested_step,  # the step of the model the test metrics describe
+      **selected.report(),
       "skipped_nonfinite_batches": monitor.skipped,
       "epochs": config.epochs,
       "param_count": param_count({**variables, "tables": tables}),

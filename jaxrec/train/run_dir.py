@@ -11,7 +11,8 @@ a run directory holds:
   encoded exactly as the training rows were.
 
 `load_run(workdir)` rebuilds the `CTRModel` and restores ``{"params",
-"tables"}`` from the latest checkpoint. The restored parameter tree decides the
+"tables"}`` from the checkpoint of the model selected on validation (else the
+latest). The restored parameter tree decides the
 structure (e.g. a low-rank ``Dense`` holds ``u``, ``v`` instead of a kernel), so
 transformed models load with no extra bookkeeping.
 """
@@ -128,7 +129,8 @@ def load_spec(workdir: str) -> ModelSpec:
 
 
 def load_run(workdir: str, step: int | None = None) -> Run:
-  """Rebuilds the model of run `workdir` and restores its latest (or `step`) checkpoint.
+  """Rebuilds the model of run `workdir` and restores a checkpoint: `step`, or by default
+  the model selected on validation (the one metrics.json reports), else the latest.
 
   Raises:
     FileNotFoundError: not a run directory, or no checkpoint in it.
@@ -138,6 +140,8 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     raise FileNotFoundError(f"{workdir}: no {CHECKPOINT_DIR}/ directory")
   checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   try:
+    if step is None:
+      step = checkpointer.selected_step()
     state, meta = checkpointer.restore(step=step)
   finally:
     checkpointer.close()
