@@ -15,6 +15,9 @@ reference's): single runs on a shared machine vary by 10% or more, so the
 ratio of runs a minute apart is the figure, and the median over rounds the
 summary.
 
+The reference runs with its default threads unless --reference_threads sets
+OMP_NUM_THREADS.
+
 Load: before each run the CPUs' busy time is sampled for --load_window seconds
 while nothing of ours runs (the other processes' load, in CPUs; the 1-minute
 load average would count our own previous run). Above --max_load the run waits
@@ -81,6 +84,7 @@ class VersusConfig:
     max_load: busy CPUs of other processes above which a run waits, then is flagged.
     max_wait: seconds a run waits for the load to drop.
     load_window: seconds over which the load is sampled.
+    reference_threads: OMP_NUM_THREADS for the reference (0: unset, its default).
   """
 
   reference_dir: str
@@ -100,6 +104,7 @@ class VersusConfig:
   max_load: float = math.inf
   max_wait: float = 0.0
   load_window: float = 1.0
+  reference_threads: int = 0
 
   @property
   def name(self) -> str:
@@ -156,7 +161,11 @@ def run_reference(config: VersusConfig) -> dict:
     raise FileNotFoundError(f"--reference_dir={config.reference_dir}: no dlrm_s_pytorch.py there"
                             " (a checkout of facebookresearch/dlrm is expected)")
   command = reference_command(config)
-  done = subprocess.run(command, cwd=config.reference_dir, capture_output=True, text=True)
+  env = dict(os.environ)
+  if config.reference_threads:
+    env["OMP_NUM_THREADS"] = str(config.reference_threads)
+  done = subprocess.run(command, cwd=config.reference_dir, capture_output=True, text=True,
+                        env=env)
   log = done.stdout + done.stderr
   if config.workload == "inference":
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -281,7 +290,11 @@ def render(results: Sequence[dict], torch_version: str) -> str:
            f" {first['max_load']:g} CPUs (sampled over {first['load_window']:g} s before each"
            " run) and are flagged when they do not; medians are over unflagged rounds, or over"
            f" all rounds (marked *loaded*) when fewer than {MIN_CLEAN_ROUNDS} are clean. A"
-           " loaded machine shifts both sides, but not equally: read *loaded* rows as rough.",
+           " loaded machine shifts both sides, but not equally (the reference's OpenMP threads"
+           " wait on each other when a neighbour takes their core): read *loaded* rows as"
+           " rough."
+           + (f" The reference ran with OMP_NUM_THREADS={first['reference_threads']}."
+              if first.get("reference_threads") else ""),
            "",
            "| workload | jaxrec dtype | rounds (clean) | reference ex/s | jaxrec ex/s |"
            " jaxrec / reference, median | range |",
@@ -337,7 +350,8 @@ def main(argv):
       min_seconds=FLAGS.min_seconds, steps_per_call=FLAGS.steps_per_call,
       compute_dtypes=tuple(FLAGS.compute_dtypes), cpu_kernels=FLAGS.cpu_kernels,
       inference_seconds=FLAGS.inference_seconds, max_load=FLAGS.max_load,
-      max_wait=FLAGS.max_wait, load_window=FLAGS.load_window)
+      max_wait=FLAGS.max_wait, load_window=FLAGS.load_window,
+      reference_threads=FLAGS.reference_threads)
   results = []
   try:
     for workload, batch_size, tables in workloads:
@@ -386,6 +400,9 @@ def define_flags():
   flags.DEFINE_float("max_wait", 60.0, "Seconds a run waits for the load to fall below"
                      " --max_load before it runs anyway (flagged).")
   flags.DEFINE_float("load_window", 1.0, "Seconds over which the load is sampled.")
+  flags.DEFINE_integer("reference_threads", 0, "OMP_NUM_THREADS for the reference (0: unset)."
+                       " On a loaded machine its OpenMP threads wait on each other: at batch"
+                       " 128, 2 threads ran 30x slower than 1 with 7 busy neighbours.")
   flags.DEFINE_string("output", "docs/performance.md", "Generated page ('' for none).")
   flags.DEFINE_string("output_dir", "runs/versus_reference", "Where versus_reference.json goes.")
   flags.mark_flag_as_required("reference_dir")
