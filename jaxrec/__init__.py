@@ -49,6 +49,7 @@ _EXPORTS = {
     "EmbeddingLayout": ("jaxrec.layers.embeddings", "EmbeddingLayout"),
     "Dense": ("jaxrec.layers.mlp", "Dense"),
     "MLP": ("jaxrec.layers.mlp", "MLP"),
+    "qr_from_full": ("jaxrec.layers.qr_from_full", "qr_from_full"),
     # Low-rank factorization: pure transforms (params, config) -> (params', config').
     "FactorizeConfig": ("jaxrec.factorize.rank", "FactorizeConfig"),
     "factorize_before": ("jaxrec.factorize.before", "before"),
@@ -85,6 +86,7 @@ _EXPORTS = {
     # Run directories and serving.
     "load_run": ("jaxrec.train.run_dir", "load_run"),
     "Run": ("jaxrec.train.run_dir", "Run"),
+    "ModelSpec": ("jaxrec.train.run_dir", "ModelSpec"),
     "export_run": ("jaxrec.serving.export", "export_run"),
     "ServingModel": ("jaxrec.serving.artifact", "ServingModel"),
     # Figures.
