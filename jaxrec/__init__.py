@@ -41,6 +41,8 @@ _EXPORTS = {
     "DeepFM": ("jaxrec.models.deepfm", "DeepFM"),
     "DCNv2": ("jaxrec.models.dcnv2", "DCNv2"),
     "DLRMDCN": ("jaxrec.models.dlrm_dcn", "DLRMDCN"),
+    "AutoInt": ("jaxrec.models.autoint", "AutoInt"),
+    "register_model": ("jaxrec.models.registry", "register"),
     "model_size": ("jaxrec.models.size", "model_size"),
     "mean_attention": ("jaxrec.models.attention_map", "mean_attention"),
     "save_heatmap": ("jaxrec.models.attention_map", "save_heatmap"),
@@ -63,6 +65,8 @@ _EXPORTS = {
     "Splits": ("jaxrec.data.dataset", "Splits"),
     "DataConfig": ("jaxrec.data.sources", "DataConfig"),
     "load_splits": ("jaxrec.data.sources", "load_splits"),
+    "Schema": ("jaxrec.data.schema", "Schema"),
+    "load_schema": ("jaxrec.data.schema", "load"),
     "SyntheticConfig": ("jaxrec.data.synthetic", "SyntheticConfig"),
     "generate_synthetic": ("jaxrec.data.synthetic", "generate"),
     "iterate_batches": ("jaxrec.data.loader", "iterate_batches"),
@@ -78,6 +82,7 @@ _EXPORTS = {
     "dense_optimizer": ("jaxrec.train.step", "dense_optimizer"),
     "sparse_optimizer": ("jaxrec.train.sparse", "create"),
     "MeshConfig": ("jaxrec.train.sharding", "MeshConfig"),
+    "ScheduleConfig": ("jaxrec.train.schedules", "ScheduleConfig"),
     # Metrics (numpy, whole split).
     "auc": ("jaxrec.train.metrics", "auc"),
     "logloss": ("jaxrec.train.metrics", "logloss"),
@@ -91,7 +96,6 @@ _EXPORTS = {
     "ServingModel": ("jaxrec.serving.artifact", "ServingModel"),
     # Figures.
     "write_report": ("jaxrec.provenance", "write_report"),
-    # Names added by later features go here (schema types, schedules, ...).
 }
 
 __all__ = ["__version__", *_EXPORTS]
