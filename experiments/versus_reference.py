@@ -318,13 +318,14 @@ def render(results: Sequence[dict], torch_version: str) -> str:
                    f" {r['reference']['examples_per_sec']:,.0f} | {ratios} | {loads} |"
                    f" {'yes' if r['flagged'] else ''} |")
   lines += ["", "## Commands", "",
-            "Each workload's runs as executed: the reference's in its checkout with its Python"
-            " (`$JAXREC` = this repository), jaxrec's in this repository (`$OUT`, a temporary"
+            "Each workload's runs as executed: the reference's in its checkout (`$DLRM`, a clone"
+            " of facebookresearch/dlrm) with its Python (`$DLRM_PYTHON`, torch installed;"
+            " `$JAXREC` = this repository), jaxrec's in this repository (`$OUT`, a temporary"
             " directory):", ""]
   for result in results:
     config = VersusConfig(**{**result["config"],
                              "compute_dtypes": tuple(result["config"]["compute_dtypes"])})
-    reference = _command_text(["python"] + reference_command(config)[1:])
+    reference = "$DLRM_PYTHON " + _command_text(reference_command(config)[1:])
     lines += [f"- {result['workload']}:", "  ```", "  " + reference.replace(REPO, "$JAXREC")]
     lines += ["  python " + _command_text(benchmark_command(config, "OUT", d)[1:]).replace(
         "=OUT", "=$OUT") for d in config.compute_dtypes]
@@ -371,8 +372,11 @@ def main(argv):
                "reference_torch": torch_version}, f, indent=1)
   print(f"wrote {path}")
   if FLAGS.output:
+    # The checkout and its interpreter live outside the repository: named, not spelled out.
+    command = provenance.command_line().replace(
+        FLAGS.reference_dir, "$DLRM").replace(FLAGS.reference_python, "$DLRM_PYTHON")
     provenance.write_report(FLAGS.output, "jaxrec against the PyTorch DLRM reference",
-                            render(results, torch_version))
+                            render(results, torch_version), command=command)
     print(f"wrote {FLAGS.output}")
 
 

@@ -86,7 +86,7 @@ def test_loaded_rounds_are_flagged_and_left_out_of_the_median(tmp_path):
   assert s["loaded"] and s["median_ratio"] == pytest.approx(22_000 / reference_rate)
   body = vr.render([result], "2.13.0")
   assert "| train:1000:100k | float32 | 5 (4) |" in body and "torch 2.13.0" in body
-  assert "python dlrm_s_pytorch.py" in body and "--compute_dtype=bfloat16" in body
+  assert "$DLRM_PYTHON dlrm_s_pytorch.py" in body and "--compute_dtype=bfloat16" in body
   assert "--output_dir=$OUT" in body and str(tmp_path) not in body
 
 
