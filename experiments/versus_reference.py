@@ -353,6 +353,7 @@ def main(argv):
       inference_seconds=FLAGS.inference_seconds, max_load=FLAGS.max_load,
       max_wait=FLAGS.max_wait, load_window=FLAGS.load_window,
       reference_threads=FLAGS.reference_threads)
+  torch_version = reference_torch_version(FLAGS.reference_python)
   results = []
   try:
     for workload, batch_size, tables in workloads:
@@ -362,9 +363,13 @@ def main(argv):
         print(f"{config.name} jaxrec {dtype} / reference: median {s['median_ratio']:.2f}x over"
               f" {s['rounds']} rounds ({s['clean_rounds']} clean; range"
               f" {s['min_ratio']:.2f}-{s['max_ratio']:.2f}x)")
+      write_results(results, torch_version)  # after each workload: a stopped run keeps them
   except (FileNotFoundError, RuntimeError) as e:  # a bad checkout or a failed run: one message
     sys.exit(f"versus_reference: {e}")
-  torch_version = reference_torch_version(FLAGS.reference_python)
+
+
+def write_results(results: list[dict], torch_version: str) -> None:
+  """versus_reference.json in --output_dir, and the --output page."""
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   path = os.path.join(FLAGS.output_dir, "versus_reference.json")
   with open(path, "w") as f:
@@ -373,8 +378,8 @@ def main(argv):
   print(f"wrote {path}")
   if FLAGS.output:
     # The checkout and its interpreter live outside the repository: named, not spelled out.
-    command = provenance.command_line().replace(
-        FLAGS.reference_dir, "$DLRM").replace(FLAGS.reference_python, "$DLRM_PYTHON")
+    command = provenance.command_line().replace(  # the interpreter first: it may lie inside
+        FLAGS.reference_python, "$DLRM_PYTHON").replace(FLAGS.reference_dir, "$DLRM")
     provenance.write_report(FLAGS.output, "jaxrec against the PyTorch DLRM reference",
                             render(results, torch_version), command=command)
     print(f"wrote {FLAGS.output}")
