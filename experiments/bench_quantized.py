@@ -19,7 +19,6 @@ JSON beside it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
@@ -125,11 +124,12 @@ def time_calls(model, dense, cat, seconds: float) -> float:
       return calls * len(dense) / elapsed
 
 
-def speed(artifacts: dict, batch_sizes, rounds: int, seconds: float, max_load: float) -> dict:
-  """{batch: [{'load', format: ex/s}, ...]}: rounds calling each artifact in turn."""
+def speed(paths: dict[str, str], batch_sizes, rounds: int, seconds: float,
+          max_load: float) -> dict:
+  """{batch: [{'load', format: ex/s}, ...]}: rounds calling each artifact (by format) in turn."""
   import numpy as np
   from jaxrec.serving.artifact import ServingModel
-  models = {name: ServingModel.load(path) for name, (path, _, _) in artifacts.items()}
+  models = {name: ServingModel.load(path) for name, path in paths.items()}
   sizes = next(iter(models.values())).vocab_sizes
   rng = np.random.default_rng(0)
   out = {}
@@ -272,7 +272,7 @@ def main(argv):
                           "max_load": FLAGS.max_load, "data": os.path.basename(data)},
                "formats": names}
     results["quality"] = quality(data, every, FLAGS.seeds, FLAGS.epochs, work_dir)
-    sample = {n: (os.path.join(work_dir, f"sample0.{n}.npz"),) + (0, 0) for n in every}
+    sample = {n: os.path.join(work_dir, f"sample0.{n}.npz") for n in every}
     results["sample_speed"] = speed(sample, batch_sizes, FLAGS.rounds, FLAGS.seconds,
                                     FLAGS.max_load)
     if FLAGS.large_tables:
@@ -284,8 +284,8 @@ def main(argv):
       large = export_all(run, work_dir, "large", every)
       del run
       results["large_sizes"] = {n: (f, w) for n, (_, f, w) in large.items()}
-      results["large_speed"] = speed(large, batch_sizes, FLAGS.rounds, FLAGS.seconds,
-                                     FLAGS.max_load)
+      results["large_speed"] = speed({n: p for n, (p, _, _) in large.items()}, batch_sizes,
+                                     FLAGS.rounds, FLAGS.seconds, FLAGS.max_load)
   from jaxrec import provenance
   provenance.write_report(FLAGS.output, "Quantized serving: size, quality and speed",
                           render(results))

@@ -9,8 +9,9 @@ under `jax.profiler.trace`, and sums the duration of every XLA op (thunk) the
 trace records. Ops are named as in the compiled HLO, which also gives each one
 a category: matmul (a fusion holding a dot), kernel (a custom call: jaxrec's
 fused CPU kernels), gather, scatter, sort, reduce, copy (copies, transposes)
-or elementwise. Durations are summed over the CPU threads, so they are CPU
-time per step, not wall time; shares are of the ops' total.
+or elementwise. An op's time per step is its median duration times its runs
+per step, summed over the CPU threads: CPU time, not wall time; shares are of
+the ops' total.
 
 Writes a generated page (`jaxrec.provenance.write_report`) with the share of
 each category and the top --top ops of every configuration.
@@ -24,6 +25,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -98,22 +100,28 @@ def categorize(name: str, instructions: dict, bodies: dict) -> str:
   return "elementwise"
 
 
-def op_times(trace_dir: str) -> dict[str, float]:
-  """{op name: summed duration in microseconds} of the XLA worker threads in a trace."""
+def op_times(trace_dir: str) -> dict[str, list[float]]:
+  """{op name: its durations in microseconds} on the XLA worker threads of a trace."""
   (path,) = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
   with gzip.open(path) as f:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
              if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  out = collections.Counter()
+  out = collections.defaultdict(list)
   for e in events:
     if e.get("ph") != "X" or e["name"].startswith("end: "):
       continue
     thread = threads.get((e["pid"], e["tid"]), "")
     if "XLA" in thread or "Xla" in thread:
-      out[e["name"]] += float(e.get("dur", 0.0))
+      out[e["name"]].append(float(e.get("dur", 0.0)))
   return dict(out)
+
+
+def per_step(durations: list[float], steps: int) -> float:
+  """An op's time per step: its median duration times its runs per step (robust to the
+  odd run that a busy machine preempted)."""
+  return statistics.median(durations) * len(durations) / steps
 
 
 def profile_config(compute_dtype: str, batch_size: int, tables: str, steps: int,
@@ -149,28 +157,33 @@ def profile_config(compute_dtype: str, batch_size: int, tables: str, steps: int,
   # Events that are not HLO instructions are the runtime's own spans (the thunk
   # executor around the ops, waits): left out of the op times.
   ops = sorted(((name, categorize(name, instructions, bodies), instructions[name][1],
-                 us / steps) for name, us in times.items() if name in instructions),
+                 per_step(us, steps)) for name, us in times.items() if name in instructions),
                key=lambda o: -o[3])
   return {"compute_dtype": compute_dtype, "batch_size": batch_size, "tables": tables,
-          "steps": steps, "wall_ms": wall / steps * 1e3, "ops": ops}
+          "steps": steps, "wall_ms": wall / steps * 1e3, "ops": ops,
+          "loadavg": os.getloadavg()[0]}
 
 
 def render(results: list[dict], top: int) -> str:
   lines = ["Per-op CPU time of the DLRM train step (the benchmark's configuration:"
            " bottom 13-512-256-64-16, top 512-256-1, d = 16, dot interaction, sparse SGD)"
            " from a JAX profiler trace; op names are the compiled HLO's. `wall` is the"
-           " traced steps' wall time per step (profiler overhead included); the op times"
-           " are summed over threads.", "",
+           " traced steps' wall time per step (profiler overhead included); an op's time is"
+           " its median duration over the traced steps times its runs per step, summed over"
+           " threads (CPU time). `load` is the 1-minute load average after the trace: above"
+           " the CPU count, other processes shared the cores and every figure is stretched"
+           " (shares less so).", "",
            "## Share of op time by category", "",
-           "| dtype | batch | wall ms/step | op ms/step | "
+           "| dtype | batch | load | wall ms/step | op ms/step | "
            + " | ".join(CATEGORIES) + " |",
-           "|---|---:|---:|---:|" + "---:|" * len(CATEGORIES)]
+           "|---|---:|---:|---:|---:|" + "---:|" * len(CATEGORIES)]
   for r in results:
     total = sum(o[3] for o in r["ops"]) or 1.0
     by = collections.Counter()
     for o in r["ops"]:
       by[o[1]] += o[3]
-    lines.append(f"| {r['compute_dtype']} | {r['batch_size']} | {r['wall_ms']:.2f} |"
+    lines.append(f"| {r['compute_dtype']} | {r['batch_size']} | {r['loadavg']:.1f} |"
+                 f" {r['wall_ms']:.2f} |"
                  f" {total / 1e3:.2f} | "
                  + " | ".join(f"{100 * by[c] / total:.0f}%" for c in CATEGORIES) + " |")
   for r in results:

@@ -33,4 +33,7 @@ def test_op_times_sum_xla_thread_events_only(tmp_path):
   (tmp_path / "plugins").mkdir()
   with gzip.open(tmp_path / "plugins" / "x.trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
-  assert sp.op_times(str(tmp_path)) == {"dot.1": 12.0}
+  times = sp.op_times(str(tmp_path))
+  assert times == {"dot.1": [5.0, 7.0]}
+  assert sp.per_step([5.0, 7.0, 100.0], steps=3) == 7.0  # a preempted run does not count
+  assert sp.per_step([5.0, 7.0], steps=1) == 12.0  # two runs per step
