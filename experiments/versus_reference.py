@@ -336,8 +336,16 @@ def render(results: Sequence[dict], torch_version: str) -> str:
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"versus_reference: unexpected arguments {argv[1:]}")
+  names = list(FLAGS.workloads)
+  if FLAGS.batch_size is not None or FLAGS.tables is not None:  # the older one-workload flags
+    names = [f"train:{FLAGS.batch_size or 2048}:{FLAGS.tables or '100k'}"]
+  dtypes = [FLAGS.compute_dtype] if FLAGS.compute_dtype else list(FLAGS.compute_dtypes)
+  bad = [d for d in dtypes if d not in ("float32", "bfloat16")]
+  if bad:
+    print(f"error: --compute_dtypes: unknown {bad} (float32, bfloat16)", file=sys.stderr)
+    sys.exit(2)
   try:
-    workloads = [parse_workload(w) for w in FLAGS.workloads]
+    workloads = [parse_workload(w) for w in names]
   except ValueError as e:
     print(f"error: --workloads: {e}", file=sys.stderr)
     sys.exit(2)
@@ -349,7 +357,7 @@ def main(argv):
       rounds=FLAGS.rounds, reference_batches=FLAGS.reference_batches,
       reference_print_freq=FLAGS.reference_print_freq, repeats=FLAGS.repeats,
       min_seconds=FLAGS.min_seconds, steps_per_call=FLAGS.steps_per_call,
-      compute_dtypes=tuple(FLAGS.compute_dtypes), cpu_kernels=FLAGS.cpu_kernels,
+      compute_dtypes=tuple(dtypes), cpu_kernels=FLAGS.cpu_kernels,
       inference_seconds=FLAGS.inference_seconds, max_load=FLAGS.max_load,
       max_wait=FLAGS.max_wait, load_window=FLAGS.load_window,
       reference_threads=FLAGS.reference_threads)
@@ -392,6 +400,12 @@ def define_flags():
                       "Python with torch for the reference (e.g. a scratch venv's bin/python).")
   flags.DEFINE_list("workloads", list(DEFAULT_WORKLOADS),
                     "kind:batch:tables items; kind train|inference, tables 100k|kaggle.")
+  flags.DEFINE_integer("batch_size", None, "Alias: one training workload at this batch"
+                       " (with --tables, default 100k), in place of --workloads.")
+  flags.DEFINE_enum("tables", None, ["100k", "kaggle"], "Alias: one training workload with"
+                    " these tables (with --batch_size, default 2048), in place of --workloads.")
+  flags.DEFINE_enum("compute_dtype", None, ["float32", "bfloat16"],
+                    "Alias: --compute_dtypes with one dtype.")
   flags.DEFINE_integer("rounds", 5, "Alternations per workload (reference, then jaxrec).")
   flags.DEFINE_list("compute_dtypes", ["float32", "bfloat16"],
                     "jaxrec's --compute_dtype values, each timed every round (the reference's"

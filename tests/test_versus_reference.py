@@ -2,12 +2,15 @@
 
 import dataclasses
 import os
+import subprocess
 import sys
 import textwrap
 
 import pytest
 
 from experiments import versus_reference as vr
+
+from conftest import REPO
 
 _LOG = """time/loss/accuracy (if enabled):
 Finished training it 25/100 of epoch 0, 60.00 ms/it, loss 0.116976
@@ -130,3 +133,17 @@ def test_a_failed_or_silent_reference_run_is_an_error_naming_the_command(tmp_pat
     vr.run_reference(config)
   with pytest.raises(FileNotFoundError, match="no dlrm_s_pytorch.py"):
     vr.run_reference(vr.VersusConfig(reference_dir=os.fspath(tmp_path / "missing")))
+
+
+def test_cli_flags_errors_in_one_line(tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.versus_reference",
+                           f"--reference_dir={tmp_path}", "--output=", "--max_wait=0",
+                           "--load_window=0.01", f"--output_dir={tmp_path}", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+  done = run("--workloads=train:128:1tb")
+  assert done.returncode == 2 and "--workloads: workload 'train:128:1tb'" in done.stderr
+  done = run("--batch_size=128", "--tables=kaggle", "--compute_dtype=float32")  # older flags
+  assert done.returncode == 1 and "no dlrm_s_pytorch.py" in done.stderr
+  assert "Traceback" not in done.stderr
