@@ -15,6 +15,10 @@ epoch), so the global step saved in a checkpoint is the whole loader state —
 ``divmod(step, num_batches)`` — and a resumed run continues with exactly the
 batches it would have seen (`iterate_batches(..., start_batch=)` skips whole
 windows without reading them).
+
+Per-host input: with several processes (`jax.distributed`) each computes the
+same global order (it costs no reads) and gathers only the rows of its own
+devices' slice of each global batch (`positions`), so reading falls as 1/P.
 """
 
 from __future__ import annotations
@@ -39,13 +43,20 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_rows)
 
 
-def make_batch(dataset: CTRDataset, index: np.ndarray, batch_size: int) -> Batch:
-  """Gathers rows `index` and pads to `batch_size` with a 0/1 mask."""
+def make_batch(dataset: CTRDataset, index: np.ndarray, batch_size: int,
+               positions: np.ndarray | None = None) -> Batch:
+  """Gathers rows `index` and pads to `batch_size` with a 0/1 mask.
+
+  With `positions` (sorted positions in the padded global batch) only those
+  rows are read and returned: one process's part of a global batch.
+  """
   real = len(index)
   if real < batch_size:
     index = np.concatenate([index, np.zeros(batch_size - real, dtype=index.dtype)])
   mask = np.zeros(batch_size, np.float32)
   mask[:real] = 1.0
+  if positions is not None:
+    index, mask = index[positions], mask[positions]
   return {"dense": np.asarray(dataset.dense[index], np.float32),
           "cat": np.asarray(dataset.cat[index], np.int32),
           "label": np.asarray(dataset.label[index], np.float32),
@@ -95,14 +106,19 @@ def epoch_order(num_rows: int, seed: int, epoch: int, start: int = 0,
 
 def iterate_batches(dataset: CTRDataset, batch_size: int, *, shuffle: bool = False,
                     seed: int = 0, epoch: int = 0, start_batch: int = 0,
-                    block_rows: int = BLOCK_ROWS,
-                    window_blocks: int = WINDOW_BLOCKS) -> Iterator[Batch]:
-  """Batches of one epoch, starting at batch `start_batch` (see the module docstring)."""
+                    block_rows: int = BLOCK_ROWS, window_blocks: int = WINDOW_BLOCKS,
+                    positions: np.ndarray | None = None) -> Iterator[Batch]:
+  """Batches of one epoch, starting at batch `start_batch` (see the module docstring).
+
+  `positions`: per-host input — only these positions of every global batch are
+  read (`sharding.process_positions`: the rows of this process's devices), so
+  each of P processes reads 1/P of the rows, in the order one process would.
+  """
   n = len(dataset)
   if not shuffle:
     for b in range(start_batch, num_batches(n, batch_size)):
       yield make_batch(dataset, np.arange(b * batch_size, min((b + 1) * batch_size, n)),
-                       batch_size)
+                       batch_size, positions)
     return
   carry = np.zeros(0, np.int64)
   for piece in epoch_order(n, seed, epoch, start_batch * batch_size, block_rows, window_blocks):
@@ -110,10 +126,10 @@ def iterate_batches(dataset: CTRDataset, batch_size: int, *, shuffle: bool = Fal
     full = len(piece) // batch_size * batch_size
     for b in range(0, full, batch_size):
       # Sorted within the batch: sequential reads from memory-mapped arrays.
-      yield make_batch(dataset, np.sort(piece[b:b + batch_size]), batch_size)
+      yield make_batch(dataset, np.sort(piece[b:b + batch_size]), batch_size, positions)
     carry = piece[full:]
   if len(carry):
-    yield make_batch(dataset, np.sort(carry), batch_size)
+    yield make_batch(dataset, np.sort(carry), batch_size, positions)
 
 
 def prefetch_to_device(batches: Iterator[Batch], size: int = 2,

@@ -30,7 +30,7 @@ from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
 from jaxrec.train import factorize_phase, faults, run_dir, schedules, selection, sparse
 from jaxrec.train.checkpoint import Checkpointer
-from jaxrec.train.sharding import MeshConfig, place_batches
+from jaxrec.train.sharding import MeshConfig, host_batches
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
                                make_multi_train_step, make_predict, make_train_step)
 
@@ -142,7 +142,7 @@ def predict_dataset(predict, params, tables, dataset: CTRDataset, batch_size: in
                     sharding=None) -> np.ndarray:
   """Click probabilities for every row of `dataset` (one host transfer at the end)."""
   outs = []
-  batches = place_batches(loader.iterate_batches(dataset, batch_size), sharding)
+  batches = host_batches(dataset, batch_size, sharding)
   for batch in loader.prefetch_to_device(batches, sharding=sharding):
     outs.append(predict(params, tables, batch["dense"], batch["cat"]))
   probs = np.concatenate(jax.device_get(outs)) if outs else np.zeros(0, np.float32)
@@ -383,9 +383,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   running, window_start, window_steps = None, time.perf_counter(), 0
   while step < total_steps and not selected.should_stop:
     epoch, start_batch = divmod(step, steps_per_epoch)
-    batches = iter(loader.prefetch_to_device(place_batches(loader.iterate_batches(
-        splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-        start_batch=start_batch), batch_sharding), sharding=batch_sharding))
+    batches = iter(loader.prefetch_to_device(host_batches(
+        splits.train, config.batch_size, batch_sharding, shuffle=True, seed=config.seed,
+        epoch=epoch, start_batch=start_batch), sharding=batch_sharding))
     tic = time.perf_counter()
     while True:
       room = _next_boundary(step, config, steps_per_epoch, total_steps) - step

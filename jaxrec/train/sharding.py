@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxrec.data import loader
+
 DATA, MODEL = "data", "model"
 # The batch dimension is split over every device of the mesh.
 BATCH_SPEC = P((DATA, MODEL))
@@ -163,23 +165,57 @@ def memory_report(state: Any, mesh: Mesh, logical_rows: dict[str, int]) -> str:
   return "\n".join(lines)
 
 
-def put_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """A host batch that every process holds whole -> global arrays with `sharding`.
+def process_positions(sharding: NamedSharding, batch_size: int) -> np.ndarray | None:
+  """Sorted positions of a global batch that this process's devices hold (None: all of them).
 
-  Each process copies only its own devices' slices, with no cross-process
-  check (`jax.device_put` of host data onto a multi-process sharding first
-  compares it across processes — a collective that, run from a prefetch
-  thread, can interleave with a train step's collectives and deadlock).
+  What the loader reads on this process (`loader.iterate_batches(positions=)`).
   """
-  return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+  index_map = sharding.addressable_devices_indices_map((batch_size,))
+  every = np.arange(batch_size)
+  positions = np.unique(np.concatenate([every[index[0]] for index in index_map.values()]))
+  return None if len(positions) == batch_size else positions
+
+
+def put_global(batch: dict[str, np.ndarray], sharding: NamedSharding,
+               positions: np.ndarray | None = None, batch_size: int | None = None
+               ) -> dict[str, jax.Array]:
+  """A host batch -> global arrays with `sharding`.
+
+  The batch holds the whole global batch (`positions` None) or only the rows
+  at `positions` of a global batch of `batch_size` rows (this process's part,
+  `process_positions`). Each process copies only its own devices' slices,
+  with no cross-process check (`jax.device_put` of host data onto a
+  multi-process sharding first compares it across processes — a collective
+  that, run from a prefetch thread, can interleave with a train step's
+  collectives and deadlock).
+  """
+  if positions is None:
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+            for k, v in batch.items()}
+  every = np.arange(batch_size)
+  def local(index, v):  # global rows of a device -> their rows in this process's part
+    return v[(np.searchsorted(positions, every[index[0]]),) + tuple(index[1:])]
+  return {k: jax.make_array_from_callback((batch_size,) + v.shape[1:], sharding,
+                                          lambda index, v=v: local(index, v))
           for k, v in batch.items()}
 
 
-def place_batches(batches: Iterable[dict[str, np.ndarray]], sharding: NamedSharding | None
+def place_batches(batches: Iterable[dict[str, np.ndarray]], sharding: NamedSharding | None,
+                  positions: np.ndarray | None = None, batch_size: int | None = None
                   ) -> Iterator[dict[str, Any]]:
   """`put_global` over an iterator of host batches (unchanged when `sharding` is None)."""
   for batch in batches:
-    yield batch if sharding is None else put_global(batch, sharding)
+    yield batch if sharding is None else put_global(batch, sharding, positions, batch_size)
+
+
+def host_batches(dataset, batch_size: int, sharding: NamedSharding | None, **order
+                 ) -> Iterator[dict[str, Any]]:
+  """Per-host input: this process reads only its devices' rows of every global batch
+  (`loader.iterate_batches` with `order`: shuffle, seed, epoch, start_batch) and
+  places them as global arrays; one process (or `sharding` None) reads them all."""
+  positions = None if sharding is None else process_positions(sharding, batch_size)
+  return place_batches(loader.iterate_batches(dataset, batch_size, positions=positions, **order),
+                       sharding, positions, batch_size)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
