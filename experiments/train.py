@@ -122,6 +122,9 @@ flags.DEFINE_string("profile_dir", None,
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --output_dir.")
 flags.DEFINE_string("mesh", "", "Train on a device mesh 'data:N,model:M': batches split over"
                     " all N*M devices, embedding rows split over M (empty = one device).")
+flags.DEFINE_float("device_memory_gb", 0.0, "Memory of one device in GiB for the check, before"
+                   " anything is allocated, that the train state fits (0 = what the platform"
+                   " reports; CPUs report nothing).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0"
                     " (calls jax.distributed.initialize; every process runs the same command).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -212,6 +215,9 @@ def config_from_flags():
       raise FlagError(f"--{name}={getattr(FLAGS, name)}: must be >= 1")
   if FLAGS.max_rows_per_table == 1:
     raise FlagError("--max_rows_per_table=1: must be 0 (no cap) or >= 2")
+  if FLAGS.device_memory_gb < 0:
+    raise FlagError(f"--device_memory_gb={FLAGS.device_memory_gb}: must be >= 0 (0: the"
+                    " platform's figure)")
   for name in ("eval_every", "checkpoint_every", "max_steps", "synthetic_max_vocab",
                "max_rows_per_table", "early_stopping_patience"):
     if getattr(FLAGS, name) < 0:
@@ -318,7 +324,8 @@ def config_from_flags():
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
       checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
       select_metric=FLAGS.select_metric, early_stopping_patience=FLAGS.early_stopping_patience, factorize=factorize, mesh=mesh,
-      on_nonfinite=FLAGS.on_nonfinite, steps_per_call=FLAGS.steps_per_call)
+      on_nonfinite=FLAGS.on_nonfinite, steps_per_call=FLAGS.steps_per_call,
+      device_memory_gb=FLAGS.device_memory_gb or None)
 
 
 def factorize_from_flags():

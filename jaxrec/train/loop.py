@@ -30,6 +30,7 @@ from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
 from jaxrec.train import factorize_phase, faults, run_dir, schedules, selection, sparse
 from jaxrec.train.checkpoint import Checkpointer
+from jaxrec.train import sharding as sharding_lib
 from jaxrec.train.sharding import MeshConfig, host_batches
 from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
                                make_multi_train_step, make_predict, make_train_step)
@@ -66,6 +67,9 @@ class TrainConfig:
       without improvement of select_metric (0: train all epochs).
     mesh: train on a (data, model) device mesh (`jaxrec.train.sharded_step`);
       None: one device. Checkpoints restore on any mesh.
+    device_memory_gb: memory of one device, for the check (before anything is
+      allocated) that the train state fits; None: what the platform reports
+      (GPUs and TPUs do, CPUs do not: then nothing is checked).
     factorize: low-rank factorization of the Dense layers (None: dense);
       "before" applies at init, the others after training (then fine-tune).
     on_nonfinite: a non-finite loss or gradient "stop"s training (NonFiniteError
@@ -100,6 +104,7 @@ class TrainConfig:
   factorize: FactorizeConfig | None = None
   on_nonfinite: str = "stop"
   steps_per_call: int = 1
+  device_memory_gb: float | None = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -312,6 +317,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     raise ValueError("factorize runs on one device (mesh=None) for now")
   regularizer = build_regularizer(config.model)
   if config.mesh is None:
+    abstract = jax.eval_shape(lambda key: create_train_state(model, key, dense_tx, table_opt),
+                              init_key)
+    total_bytes, _ = sharding_lib.state_bytes_per_device(abstract)
+    logging.info("train state %.3f GiB on one device; host RSS before allocating %.3f GiB",
+                 total_bytes / 2**30, sharding_lib.host_rss_bytes() / 2**30)
+    sharding_lib.check_fits(abstract, sharding_lib.device_memory_bytes(
+        jax.devices()[0], config.device_memory_gb), "one device (no --mesh)")
     state = create_train_state(model, init_key, dense_tx, table_opt)
     if factorize_config is not None and factorize_config.method == "before":
       state, factorize_config = factorize_phase.at_init(model, state, factorize_config, dense_tx)
@@ -330,6 +342,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     sharded = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
                                        batch_size=config.batch_size, regularizer=regularizer)
     logging.info("%s", sharded.memory_report())  # before anything is allocated
+    sharding_lib.check_fits(sharded.abstract_state(), sharding_lib.device_memory_bytes(
+        sharded.mesh.devices.flat[0], config.device_memory_gb), f"--mesh={config.mesh}",
+        config.mesh.model)
     state, train_step, predict = sharded.init_state(init_key), sharded.train_step, sharded.predict
     multi_step = None
     batch_sharding, eval_batch_size = sharded.batch_sharding, sharded.round_batch(eval_batch_size)

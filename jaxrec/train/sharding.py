@@ -127,6 +127,64 @@ def _human(nbytes: int) -> str:
   return f"{nbytes} B"
 
 
+def host_rss_bytes() -> int:
+  """This process's resident memory now (Linux /proc; peak RSS elsewhere)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def device_memory_bytes(device, given_gb: float | None = None) -> int | None:
+  """Memory of one device: `given_gb` GiB if set, else what the platform reports (None on CPU)."""
+  if given_gb:
+    return int(given_gb * 2**30)
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # platforms without memory stats
+    stats = {}
+  return stats.get("bytes_limit")
+
+
+def state_bytes_per_device(state: Any) -> tuple[int, int]:
+  """(bytes per device of the whole state, of its per-row part) for arrays or ShapeDtypeStructs.
+
+  Leaves without a sharding count whole (one device).
+  """
+  def size(leaf):
+    sharding = getattr(leaf, "sharding", None)
+    shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
+    return int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+  rows = sum(size(x) for x in jax.tree_util.tree_leaves((state.tables, state.table_opt_state)))
+  return rows + sum(size(x) for x in jax.tree_util.tree_leaves((state.params, state.opt_state))), rows
+
+
+def check_fits(state: Any, capacity: int | None, mesh_text: str, model_size: int = 1) -> None:
+  """Raises a one-line MeshError when the state's per-device bytes exceed `capacity`.
+
+  Args:
+    state: the abstract state (`jax.eval_shape`, with shardings on a mesh).
+    capacity: bytes of one device (None: unknown, nothing is checked).
+    mesh_text: how the user named the layout ("--mesh=data:1,model:2" or "one device").
+    model_size: devices the tables are split over now.
+  """
+  if capacity is None:
+    return
+  total, rows = state_bytes_per_device(state)
+  if total <= capacity:
+    return
+  room = capacity - (total - rows)
+  hint = (f"; the tables need --mesh model:{-(-rows * model_size // room)} or more devices"
+          if room > 0 else "; the replicated dense part alone does not fit")
+  raise MeshError(f"{mesh_text}: the train state needs {_human(total)} per device, more than the"
+                  f" {_human(capacity)} of each device{hint}")
+
+
 def memory_report(state: Any, mesh: Mesh, logical_rows: dict[str, int]) -> str:
   """Per-device bytes of each part of a sharded `TrainState` (arrays or abstract).
 
@@ -162,6 +220,8 @@ def memory_report(state: Any, mesh: Mesh, logical_rows: dict[str, int]) -> str:
     total_single += nbytes
   lines.append(f"  total {_human(total_device)} per device (unsharded: {_human(total_single)}"
                " on one device)")
+  lines.append(f"  host RSS of this process before allocating: {_human(host_rss_bytes())}"
+               " (training rows are memory-mapped, not counted)")
   return "\n".join(lines)
 
 
