@@ -1,6 +1,9 @@
 r"""Write calibrated synthetic Criteo rows as a raw Criteo TSV (or .tsv.gz).
 
   python -m experiments.make_synthetic --rows=5000000 --output=/tmp/synthetic_5m.tsv
+  # Criteo Terabyte at 1/1000: its 40M-capped table sizes scaled, 24 day files
+  python -m experiments.make_synthetic --rows=4373472 --cardinalities=terabyte \
+      --cardinality_scale=0.001 --days=24 --output=/tmp/terabyte_1k
 
 The rows follow jaxrec.data.synthetic (real Kaggle cardinalities, fitted
 frequency skew, missing rates and dense distributions; labels from the hidden
@@ -22,22 +25,33 @@ flags.DEFINE_string("output", None, "Output path (.tsv, or .tsv.gz to gzip).")
 flags.DEFINE_integer("seed", 0, "Seed of the teacher and the rows.")
 flags.DEFINE_float("cardinality_scale", 1.0, "Multiplies the Kaggle cardinalities.")
 flags.DEFINE_integer("max_vocab", 0, "Cap on every column's cardinality (0 = none).")
+flags.DEFINE_enum("cardinalities", "kaggle", ["kaggle", "terabyte"],
+                  "Table sizes: Criteo Kaggle's, or Terabyte's at --max-ind-range 40M (MLPerf).")
+flags.DEFINE_integer("days", 0, "Cut the rows into this many consecutive files day_0 .."
+                     " day_{N-1} inside --output (a directory), as Criteo Terabyte; 0: one file.")
 
 
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
-  if not FLAGS.output or FLAGS.rows < 1 or FLAGS.cardinality_scale <= 0 or FLAGS.max_vocab < 0:
-    print("error: need --output, --rows >= 1, --cardinality_scale > 0, --max_vocab >= 0",
-          file=sys.stderr)
+  if (not FLAGS.output or FLAGS.rows < 1 or FLAGS.cardinality_scale <= 0 or FLAGS.max_vocab < 0
+      or not 0 <= FLAGS.days <= FLAGS.rows):
+    print("error: need --output, --rows >= 1, --cardinality_scale > 0, --max_vocab >= 0,"
+          " 0 <= --days <= --rows", file=sys.stderr)
     sys.exit(2)
   from jaxrec.data import synthetic
-  config = synthetic.SyntheticConfig(num_rows=FLAGS.rows, seed=FLAGS.seed,
+  sizes = synthetic.KAGGLE_CARDINALITIES
+  if FLAGS.cardinalities == "terabyte":
+    from jaxrec.models.size import TERABYTE_40M_CARDINALITIES as sizes
+  config = synthetic.SyntheticConfig(num_rows=FLAGS.rows, seed=FLAGS.seed, vocab_sizes=sizes,
                                      cardinality_scale=FLAGS.cardinality_scale,
                                      max_vocab=FLAGS.max_vocab or None)
   start = time.perf_counter()
-  stats = synthetic.write_tsv(config, FLAGS.output)
+  if FLAGS.days:
+    stats = synthetic.write_days(config, FLAGS.output, FLAGS.days)
+  else:
+    stats = synthetic.write_tsv(config, FLAGS.output)
   seconds = time.perf_counter() - start
   print(f"wrote {stats['rows']:,} rows to {FLAGS.output} in {seconds:.1f} s"
         f" (positive rate {stats['positive_rate']:.4f})")

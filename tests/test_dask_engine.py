@@ -108,12 +108,12 @@ def test_dask_engine_writes_local_bytes_on_the_real_sample(tmp_path, criteo_kagg
 
 @pytest.mark.slow
 def test_dask_engine_writes_local_bytes_on_generated_days(tmp_path, scheduler):
-  days = []
-  for d in range(3):
-    path = str(tmp_path / f"day_{d}.tsv{'.gz' if d == 1 else ''}")
-    synthetic.write_tsv(synthetic.SyntheticConfig(num_rows=4000 + 1000 * d, max_vocab=3000,
-                                                  seed=d), path)
-    days.append(path)
+  config = synthetic.SyntheticConfig(num_rows=15000, max_vocab=3000)
+  synthetic.write_days(config, str(tmp_path / "days"), 3)
+  days = [str(tmp_path / "days" / f"day_{d}") for d in range(3)]
+  synthetic.write_tsv(config, str(tmp_path / "whole.tsv"))
+  assert b"".join(open(p, "rb").read() for p in days) == (tmp_path / "whole.tsv").read_bytes()
+  assert [sum(1 for _ in open(p)) for p in days] == [5000] * 3
   cases = {"days": dict(split="days", chunk_rows=1500, dense_dtype="float16"),
            "random-capped": dict(split="random:0.8,0.1,0.1", seed=3, chunk_rows=700,
                                  max_rows_per_table=500),

@@ -705,9 +705,12 @@ def preprocess(config: PreprocessConfig,
   with open(state_path, "w") as f:
     json.dump(identity, f)
   start_time = time.perf_counter()
+  pass_seconds = {}
   with _engine(config) as engine:
     # Pass 1: parse.
+    parsing = time.perf_counter()  # after a Dask cluster started
     records = engine.parse(inputs, tmp, report)
+    pass_seconds["parse"] = time.perf_counter() - parsing
     assigner = SplitAssigner(config.split, [r["lines"] for r in records], config.seed)
     job = Job(tmp=tmp, out=out, records=tuple(records), assigner=assigner,
               line_offsets=tuple(int(x) for x in np.cumsum([0] + [r["lines"] for r in records])),
@@ -730,6 +733,7 @@ def preprocess(config: PreprocessConfig,
     if sizes is None:
       counting = time.perf_counter()
       stats, counter = engine.count(job, chunks, report)
+      pass_seconds["count"] = time.perf_counter() - counting
       if hash_buckets is not None:
         vocab = criteo.Vocabulary.hashing(hash_buckets, config.schema.num_fields)
       else:
@@ -747,7 +751,9 @@ def preprocess(config: PreprocessConfig,
           f" {sum(vocab.sizes):,} rows"
       report(f"count: {what} in {time.perf_counter() - counting:.1f} s")
     # Pass 3: encode and write one .npy per split and field.
+    encoding = time.perf_counter()
     engine.encode(job, chunks, vocab, sizes, report)
+    pass_seconds["encode"] = time.perf_counter() - encoding
   vocab.save(os.path.join(out, VOCAB))
   seconds = time.perf_counter() - start_time
   total_rows = int(sum(sizes["rows"]))
@@ -771,6 +777,8 @@ def preprocess(config: PreprocessConfig,
                    "examples": [e for r in records for e in r["bad_row_examples"]][:20]},
       "seconds": seconds,
       "rows_per_sec": total_rows / max(seconds, 1e-9),
+      "engine": config.engine,
+      "pass_seconds": pass_seconds,
   }
   tmp_meta = meta_path + ".tmp"
   with open(tmp_meta, "w") as f:

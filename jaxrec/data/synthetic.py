@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import os
+
 import numpy as np
 
 from jaxrec.data.criteo import splitmix64
@@ -280,6 +282,22 @@ def write_tsv(config: SyntheticConfig, path: str) -> dict:
   The rows are `generate(config)`'s: raw counts, ids mapped to 32-bit hex
   hashes (`hex_keys`), missing values as empty fields.
   """
+  return _write_files(config, [(path, config.num_rows)])
+
+
+def write_days(config: SyntheticConfig, directory: str, days: int) -> dict:
+  """Writes the rows of `config` cut into `days` consecutive files ``day_0 .. day_{days-1}``
+  (the Criteo Terabyte layout, for ``--split=days``); returns stats."""
+  if not 1 <= days <= config.num_rows:
+    raise ValueError(f"days must be in [1, num_rows], got {days}")
+  os.makedirs(directory, exist_ok=True)
+  sizes = [len(part) for part in np.array_split(np.arange(config.num_rows), days)]
+  return _write_files(config, [(os.path.join(directory, f"day_{d}"), n)
+                               for d, n in enumerate(sizes)])
+
+
+def _write_files(config: SyntheticConfig, targets: list[tuple[str, int]]) -> dict:
+  """Streams the rows of `config` into consecutive files, `rows` lines each."""
   import gzip
   import pyarrow as pa
   import pyarrow.csv as pacsv
@@ -287,8 +305,9 @@ def write_tsv(config: SyntheticConfig, path: str) -> dict:
   options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
   rows = positives = 0
   prob_sum = 0.0
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "wb") as f:
+  targets = list(targets)
+  f, left = None, 0
+  try:
     for counts, cat, prob, label in iter_blocks(config):
       columns = [pa.array(label)]
       for j in range(NUM_DENSE):
@@ -297,10 +316,21 @@ def write_tsv(config: SyntheticConfig, path: str) -> dict:
       for j in range(NUM_SPARSE):
         columns.append(_hex_strings(hex_keys(config, j, cat[:, j]), cat[:, j] != 0))
       table = pa.Table.from_arrays(columns, names=["label", *DENSE_NAMES, *SPARSE_NAMES])
-      pacsv.write_csv(table, f, options)
+      while table.num_rows:
+        if left == 0:
+          if f is not None:
+            f.close()
+          path, left = targets.pop(0)
+          f = (gzip.open if path.endswith(".gz") else open)(path, "wb")
+        part, table = table.slice(0, left), table.slice(left)
+        pacsv.write_csv(part, f, options)
+        left -= part.num_rows
       rows += len(label)
       positives += int(label.sum())
       prob_sum += float(prob.sum())
+  finally:
+    if f is not None:
+      f.close()
   return {"rows": rows, "positive_rate": positives / max(rows, 1),
           "mean_click_probability": prob_sum / max(rows, 1)}
 
