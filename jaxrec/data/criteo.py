@@ -414,42 +414,70 @@ def hash_keys(keys: np.ndarray, buckets: int) -> np.ndarray:
   return (splitmix64(keys.astype(np.int64).view(np.uint64)) % np.uint64(buckets)).astype(np.int64)
 
 
+def _merge_two(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Two sorted runs -> one, in time linear in their sizes (b's keys searched in a's)."""
+  if len(a[0]) < len(b[0]):
+    a, b = b, a
+  (keys, counts), (new_keys, new_counts) = a, b
+  pos = np.searchsorted(keys, new_keys)
+  found = pos < len(keys)
+  found[found] = keys[pos[found]] == new_keys[found]
+  counts = counts.copy()
+  counts[pos[found]] += new_counts[found]  # keys of a run are unique: no repeated index
+  missing = ~found
+  return (np.insert(keys, pos[missing], new_keys[missing]),
+          np.insert(counts, pos[missing], new_counts[missing]))
+
+
 def merge_counts(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted (keys, counts) runs -> one sorted run with the counts of equal keys summed (exact)."""
-  runs = [r for r in runs if len(r[0])]
-  if len(runs) <= 1:
-    return runs[0] if runs else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-  keys = np.concatenate([k for k, _ in runs])
-  counts = np.concatenate([n for _, n in runs])
-  order = np.argsort(keys, kind="stable")
-  keys, counts = keys[order], counts[order]
-  starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-  return keys[starts], np.add.reduceat(counts, starts).astype(np.int64)
+  """Sorted (keys, counts) runs -> one sorted run with the counts of equal keys summed (exact).
+
+  The smaller runs are combined by one sort, then merged into the largest in
+  time linear in its size.
+  """
+  runs = sorted((r for r in runs if len(r[0])), key=lambda r: len(r[0]))
+  if not runs:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+  if len(runs) == 1:
+    return runs[0]
+  small = runs[:-1]
+  if len(small) > 1:
+    keys = np.concatenate([k for k, _ in small])
+    counts = np.concatenate([n for _, n in small])
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    small = [(keys[starts], np.add.reduceat(counts, starts).astype(np.int64))]
+  return _merge_two(runs[-1], small[0])
 
 
 class FrequencyCounter:
   """Streaming per-column key counts with memory set by the vocabulary size.
 
   Each `update` counts a block's keys per column (`np.unique`) into a sorted
-  run; runs are merged when the newer one reaches half the size of the one
-  before (as a binary counter carries), so a block's amortised cost grows with
-  the log of the vocabulary, not with the vocabulary itself, and the result
-  does not depend on how the rows were cut into blocks. Counters of disjoint
-  rows combine with `merge` (the tree-reduce of a distributed count).
+  run that waits beside the column's main run; once the waiting runs hold as
+  many entries as the main run, they are sorted together and merged into it
+  in one linear pass. A block's amortised cost is therefore set by the block,
+  not by the vocabulary (a merge into a main run of V keys happens only after
+  about V new entries), and the result does not depend on how the rows were
+  cut into blocks. Counters of disjoint rows combine with `merge` / `combine`
+  (the tree-reduce of a distributed count).
   """
 
   def __init__(self, num_columns: int = NUM_SPARSE):
-    self._runs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_columns)]
+    self._main = [(np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in range(num_columns)]
+    self._waiting: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_columns)]
+    self._waiting_size = [0] * num_columns
 
   def add_counts(self, j: int, keys: np.ndarray, counts: np.ndarray) -> None:
     """Adds sorted unique `keys` with their `counts` to column `j`."""
     if len(keys) == 0:
       return
-    runs = self._runs[j]
-    runs.append((np.asarray(keys, np.int64), np.asarray(counts, np.int64)))
-    while len(runs) > 1 and len(runs[-2][0]) <= 2 * len(runs[-1][0]):
-      last = runs.pop()
-      runs[-1] = merge_counts([runs[-1], last])
+    self._waiting[j].append((np.asarray(keys, np.int64), np.asarray(counts, np.int64)))
+    self._waiting_size[j] += len(keys)
+    if self._waiting_size[j] >= max(len(self._main[j][0]), 1 << 20):
+      self.column(j)
 
   def update_column(self, j: int, column: np.ndarray) -> None:
     values, counts = np.unique(column, return_counts=True)
@@ -457,7 +485,7 @@ class FrequencyCounter:
 
   def update(self, cat_keys: np.ndarray, pool=None) -> None:
     """Counts a block of keys [n, num_columns] (columns in parallel with `pool`)."""
-    cols = range(len(self._runs))
+    cols = range(len(self._main))
     if pool is None:
       for j in cols:
         self.update_column(j, cat_keys[:, j])
@@ -465,30 +493,31 @@ class FrequencyCounter:
       list(pool.map(lambda j: self.update_column(j, cat_keys[:, j]), cols))
 
   def column(self, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted keys, counts) of column `j` (its runs merged into one)."""
-    if len(self._runs[j]) != 1:
-      self._runs[j] = [merge_counts(self._runs[j])]
-    return self._runs[j][0]
+    """(sorted keys, counts) of column `j` (its waiting runs merged in)."""
+    if self._waiting[j]:
+      self._main[j] = merge_counts([self._main[j], *self._waiting[j]])
+      self._waiting[j], self._waiting_size[j] = [], 0
+    return self._main[j]
 
   @property
   def keys(self) -> list[np.ndarray]:
-    return [self.column(j)[0] for j in range(len(self._runs))]
+    return [self.column(j)[0] for j in range(len(self._main))]
 
   @property
   def counts(self) -> list[np.ndarray]:
-    return [self.column(j)[1] for j in range(len(self._runs))]
+    return [self.column(j)[1] for j in range(len(self._main))]
 
   def merge(self, other: "FrequencyCounter") -> None:
-    """Adds the counts of `other` (disjoint rows), as one more run per column."""
-    for j in range(len(self._runs)):
+    """Adds the counts of `other` (disjoint rows), as one more waiting run per column."""
+    for j in range(len(self._main)):
       self.add_counts(j, *other.column(j))
 
   @classmethod
   def combine(cls, *counters: "FrequencyCounter") -> "FrequencyCounter":
     """One counter holding the summed counts of `counters` (one tree-reduce step)."""
-    out = cls(len(counters[0]._runs))
-    for j in range(len(out._runs)):
-      out._runs[j] = [merge_counts([c.column(j) for c in counters])]
+    out = cls(len(counters[0]._main))
+    for j in range(len(out._main)):
+      out._main[j] = merge_counts([c.column(j) for c in counters])
     return out
 
   def save(self, path: str) -> None:
@@ -501,7 +530,7 @@ class FrequencyCounter:
     with np.load(path) as z:
       num = len([k for k in z.files if k.startswith("k")])
       out = cls(num)
-      out._runs = [[(z[f"k{j}"], z[f"n{j}"])] for j in range(num)]
+      out._main = [(z[f"k{j}"], z[f"n{j}"]) for j in range(num)]
     return out
 
 
