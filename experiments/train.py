@@ -444,6 +444,7 @@ def main(argv):
   from jaxrec.train.faults import NonFiniteError
   from jaxrec.train.loop import ResumeError, train_and_evaluate
   from jaxrec.train.sharding import MeshError
+  from jaxrec.data.sources import PreprocessWaitError
   on_end = None
   if FLAGS.attention_heatmap:
     from experiments.attention_heatmap import write_attention_report
@@ -453,7 +454,7 @@ def main(argv):
     with _maybe_profile(FLAGS.profile_dir):
       metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end,
                                    on_event=kill_hook_from_env())
-  except (CriteoFormatError, ResumeError, MeshError) as e:
+  except (CriteoFormatError, ResumeError, MeshError, PreprocessWaitError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except NonFiniteError as e:  # not a usage error: exit code 1

@@ -79,3 +79,23 @@ def test_positions_read_only_that_part_of_every_global_batch():
   assert part[-1]["mask"].sum() == 300 - 4 * 64 - 32  # the padded last batch keeps its mask
   for a, b in zip(part[3:], resumed):
     np.testing.assert_array_equal(a["cat"], b["cat"])
+
+
+def test_only_process_0_preprocesses_the_others_wait(tmp_path, criteo_kaggle_path):
+  import threading
+  from jaxrec.data import preprocess, sources
+  config = sources.DataConfig(source=criteo_kaggle_path, cache_dir=str(tmp_path / "cache"))
+  with pytest.raises(sources.PreprocessWaitError,
+                     match=r"^process 1: waited 0 s for process 0 to preprocess .*criteo_kaggle"
+                           r".* \(meta.json not written\); is process 0 running\?"):
+    sources.preprocessed_dir(config, process_index=1, wait_s=0.2, poll=0.05)
+  assert not (tmp_path / "cache").exists()  # a waiting process writes nothing
+  waited = {}
+  thread = threading.Thread(target=lambda: waited.update(out=sources.preprocessed_dir(
+      config, process_index=1, wait_s=120, poll=0.05)))
+  thread.start()
+  out = sources.preprocessed_dir(config, process_index=0)
+  thread.join()
+  assert waited["out"] == out and preprocess.is_current(
+      preprocess.PreprocessConfig(inputs=(criteo_kaggle_path,), output_dir=out,
+                                  split=config.split_spec, seed=config.seed))

@@ -793,6 +793,21 @@ def preprocess(config: PreprocessConfig,
   return meta
 
 
+def is_current(config: PreprocessConfig) -> bool:
+  """Whether `config.output_dir` holds a finished preprocessing of these inputs and options."""
+  meta_path = os.path.join(config.output_dir, META)
+  if not os.path.exists(meta_path):
+    return False
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except ValueError:
+    return False
+  identity = {"inputs": [_identity(p) for p in expand_inputs(config.inputs)],
+              "options": config.options()}
+  return meta.get("identity") == identity
+
+
 def is_preprocessed(path: str) -> bool:
   return os.path.isfile(os.path.join(path, META))
 

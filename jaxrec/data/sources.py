@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 
 from jaxrec.data import criteo, preprocess, synthetic
 from jaxrec.data import schema as schema_lib
@@ -78,9 +79,38 @@ def _raw_inputs(config: DataConfig) -> tuple[str, ...]:
   return tuple(p for p in config.source.split(",") if p)
 
 
-def preprocessed_dir(config: DataConfig, report=None) -> str:
+PREPROCESS_WAIT_S = 24 * 3600.0  # how long other processes wait for process 0's preprocessing
+
+
+class PreprocessWaitError(RuntimeError):
+  """Another process did not finish preprocessing in time (multi-process runs)."""
+
+
+def _wait_for_meta(out: str, pconfig, process_index: int, wait_s: float, poll: float) -> None:
+  """Waits until `out` holds a finished preprocessing of `pconfig`'s inputs and options."""
+  start = time.monotonic()
+  while True:
+    if preprocess.is_current(dataclasses.replace(pconfig, output_dir=out)):
+      return
+    waited = time.monotonic() - start
+    if waited >= wait_s:
+      raise PreprocessWaitError(
+          f"process {process_index}: waited {waited:.0f} s for process 0 to preprocess"
+          f" {','.join(pconfig.inputs)} into {out} ({preprocess.META} not written); is process 0"
+          " running? Preprocess first (python -m experiments.preprocess) and pass --data=DIR")
+    time.sleep(min(poll, wait_s - waited))
+
+
+def preprocessed_dir(config: DataConfig, report=None, *, process_index: int | None = None,
+                     wait_s: float = PREPROCESS_WAIT_S, poll: float = 2.0) -> str:
   """The preprocessed directory behind a non-synthetic config (preprocessing raw inputs
-  into the cache first when needed)."""
+  into the cache first when needed).
+
+  In a multi-process run only process 0 preprocesses (`process_index`, None:
+  `jax.process_index()`); the others wait up to `wait_s` seconds for its
+  finished ``meta.json`` (the cache directory must be on a shared file system),
+  then raise `PreprocessWaitError`.
+  """
   if config.source == "synthetic":
     raise ValueError("synthetic data has no preprocessed directory")
   if os.path.isdir(config.source) and preprocess.is_preprocessed(config.source):
@@ -94,6 +124,12 @@ def preprocessed_dir(config: DataConfig, report=None) -> str:
                     "options": pconfig.options()}, sort_keys=True)
   name = hashlib.sha256(key.encode()).hexdigest()[:16]
   out = os.path.join(config.cache_dir or default_cache_dir(), "preprocessed", name)
+  if process_index is None:
+    import jax
+    process_index = jax.process_index()
+  if process_index > 0:
+    _wait_for_meta(out, pconfig, process_index, wait_s, poll)
+    return out
   kwargs = {} if report is None else {"report": report}
   try:
     preprocess.preprocess(dataclasses.replace(pconfig, output_dir=out), **kwargs)
