@@ -42,6 +42,8 @@ flags.DEFINE_string("cardinalities", "kaggle",
 flags.DEFINE_bool("compare", False,
                   "Print one markdown table over full, hash, qr (c = 2, 4, 8; mult, add, concat)"
                   " and mixed_dim instead of one configuration.")
+flags.DEFINE_string("report", None, "With --compare: also write the table as a docs page with"
+                    " its provenance header (e.g. docs/embedding_sizes.md).")
 
 
 def resolve_cardinalities(value: str):
@@ -74,6 +76,9 @@ def _architecture(preset):
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.report and not FLAGS.compare:
+    print("error: --report writes the --compare table: pass --compare too", file=sys.stderr)
     sys.exit(2)
   from jaxrec.models.registry import ModelConfig, embedding_config_for
   from jaxrec.models.size import comparison_configs, model_size
@@ -110,11 +115,22 @@ def main(argv):
           f" float32)")
     return
   full = rows[0][1]["param_bytes"]
-  print("| embedding | embedding params | total params | MB (float32) | vs full |")
-  print("|---|---:|---:|---:|---:|")
+  lines = ["| embedding | embedding params | total params | MB (float32) | vs full |",
+           "|---|---:|---:|---:|---:|"]
   for label, size in rows:
-    print(f"| {label} | {size['embedding_param_count']:,} | {size['param_count']:,} |"
-          f" {size['param_bytes'] / 1e6:,.1f} | {full / size['param_bytes']:.1f}x |")
+    lines.append(f"| {label} | {size['embedding_param_count']:,} | {size['param_count']:,} |"
+                 f" {size['param_bytes'] / 1e6:,.1f} | {full / size['param_bytes']:.1f}x |")
+  print("\n".join(lines))
+  if FLAGS.report:
+    from jaxrec import provenance
+    intro = (f"{FLAGS.model} on {FLAGS.cardinalities if preset else 'given'} cardinalities"
+             f" ({len(cardinalities)} tables, {sum(cardinalities):,} categories), d = {dim},"
+             f" bottom {'-'.join(map(str, bottom))}, top {'-'.join(map(str, top))}: parameter"
+             " counts from shapes (nothing is allocated). `hash` gets the bucket count that"
+             " makes its tables as large as `qr c=4`.")
+    provenance.write_report(FLAGS.report, "Embedding strategies: parameters and size",
+                            intro + "\n\n" + "\n".join(lines))
+    print(f"wrote {FLAGS.report}")
 
 
 if __name__ == "__main__":
