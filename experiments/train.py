@@ -68,6 +68,10 @@ flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps of --lr_schedule."
 flags.DEFINE_integer("decay_start_step", 0, "--lr_schedule=warmup_decay: first decayed step.")
 flags.DEFINE_integer("decay_steps", 0, "Decay length in steps (warmup_decay: 0 = no decay;"
                      " warmup_cosine: 0 = to the end of training).")
+flags.DEFINE_float("negative_sampling_rate", 1.0,
+                   "Keep each negative training row with this probability (every positive is"
+                   " kept; seeded by --seed); predictions are corrected to"
+                   " p / (p + (1 - p) / rate) in evaluation, export and serving.")
 flags.DEFINE_integer("embedding_dim", 16, "Embedding dimension d.")
 flags.DEFINE_string("bottom_mlp", "512-256-64-16", "Bottom MLP layer sizes, dash-separated.")
 flags.DEFINE_string("top_mlp", "512-256-1", "Top MLP layer sizes, dash-separated (ends in 1).")
@@ -97,7 +101,10 @@ flags.DEFINE_integer("early_stopping_patience", 0,
                      "Stop after N validation evaluations without a better --select_metric"
                      " (--epochs becomes an upper bound); 0 = train all epochs.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 = each epoch).")
-flags.DEFINE_integer("log_every", 100, "Log loss and throughput every N steps.")
+flags.DEFINE_integer("log_every", 100, "Log loss, learning rate and throughput every N steps"
+                     " (history.jsonl and TensorBoard).")
+flags.DEFINE_string("tensorboard_dir", None, "TensorBoard event files (default: --output_dir;"
+                    " '' = none). View with: tensorboard --logdir=DIR.")
 flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
 flags.DEFINE_integer("steps_per_call", 1,
                      "Train steps per jitted call (a lax.scan over that many batches; the same"
@@ -230,10 +237,15 @@ def config_from_flags():
   if not (math.isfinite(learning_rate) and math.isfinite(FLAGS.embedding_learning_rate)) \
       or learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
     raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0 (finite)")
+  if not 0.0 < FLAGS.negative_sampling_rate <= 1.0:
+    raise FlagError(f"--negative_sampling_rate={FLAGS.negative_sampling_rate}: must be in (0, 1]")
   from jaxrec.train.schedules import ScheduleConfig
   from jaxrec.train.selection import Selection
+  patience = FLAGS.early_stopping_patience  # the default stops nothing under "last"
+  if FLAGS.select_metric == "last" and not FLAGS["early_stopping_patience"].present:
+    patience = 0
   try:
-    Selection(FLAGS.select_metric, max(FLAGS.early_stopping_patience, 0))
+    Selection(FLAGS.select_metric, max(patience, 0))
   except ValueError as e:
     raise FlagError(f"--{e}") from None
   lr_schedule = ScheduleConfig(FLAGS.lr_schedule, FLAGS.warmup_steps, FLAGS.decay_start_step,
@@ -320,10 +332,12 @@ def config_from_flags():
       model=model, embedding=embedding, data=data, optimizer=optimizer,
       learning_rate=learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
       embedding_learning_rate=FLAGS.embedding_learning_rate or None, lr_schedule=lr_schedule,
+      negative_sampling_rate=FLAGS.negative_sampling_rate,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,
       checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
-      select_metric=FLAGS.select_metric, early_stopping_patience=FLAGS.early_stopping_patience, factorize=factorize, mesh=mesh,
+      tensorboard_dir=FLAGS.tensorboard_dir, select_metric=FLAGS.select_metric,
+      early_stopping_patience=patience, factorize=factorize, mesh=mesh,
       on_nonfinite=FLAGS.on_nonfinite, steps_per_call=FLAGS.steps_per_call,
       device_memory_gb=FLAGS.device_memory_gb or None)
 

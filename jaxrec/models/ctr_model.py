@@ -8,6 +8,7 @@ sparsely (see `jaxrec.train.sparse`) while ``params`` go through optax.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -30,6 +31,9 @@ class CTRModel:
     network: the Linen module, ``(dense, rows, *, train) -> logits``.
     layout: the stacked embedding tables (`EmbeddingLayout`).
     num_dense: dense features per example.
+    negative_sampling_rate: the share w of negative rows kept in training
+      (`jaxrec.data.sampling`); inference logits (``train=False``) are shifted
+      by log(w), so predicted probabilities are p / (p + (1 - p) / w).
 
   Build one with `CTRModel.create(model_config, embedding_config, vocab_sizes)`;
   `init(key)` returns ``{"params", "tables"}`` and `apply(variables, dense, cat)`
@@ -39,14 +43,17 @@ class CTRModel:
   network: nn.Module
   layout: EmbeddingLayout
   num_dense: int = 13
+  negative_sampling_rate: float = 1.0
 
   @classmethod
   def create(cls, model_config: ModelConfig, embedding_config: EmbeddingConfig,
-             vocab_sizes: tuple[int, ...], num_dense: int = 13) -> "CTRModel":
+             vocab_sizes: tuple[int, ...], num_dense: int = 13,
+             negative_sampling_rate: float = 1.0) -> "CTRModel":
     """The registered network `model_config.name` over tables of `vocab_sizes` rows."""
     embedding_config = embedding_config_for(model_config, embedding_config)
     layout = EmbeddingLayout(embedding_config, tuple(int(v) for v in vocab_sizes))
-    return cls(build_network(model_config, layout), layout, num_dense)
+    return cls(build_network(model_config, layout), layout, num_dense,
+               float(negative_sampling_rate))
 
   def init(self, rng: jax.Array) -> Variables:
     """Fresh variables: network params and embedding tables."""
@@ -61,8 +68,12 @@ class CTRModel:
     return {"params": params, "tables": tables}
 
   def apply_rows(self, params, dense, rows, *, train=False, rngs=None) -> jax.Array:
-    """Logits from already-gathered rows (the differentiable part)."""
-    return self.network.apply({"params": params}, dense, rows, train=train, rngs=rngs)
+    """Logits from already-gathered rows (the differentiable part); at inference
+    corrected for negative down-sampling."""
+    logits = self.network.apply({"params": params}, dense, rows, train=train, rngs=rngs)
+    if not train and self.negative_sampling_rate != 1.0:
+      logits = logits + math.log(self.negative_sampling_rate)
+    return logits
 
   def apply(self, variables: Variables, dense: jax.Array, cat: jax.Array, *,
             train: bool = False, rngs=None) -> jax.Array:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxrec.data import loader
+from jaxrec.data import loader, sampling
 from jaxrec.data.dataset import CTRDataset, Splits, random_split_indices
 from jaxrec.data.sources import DataConfig, load_splits_and_vocabulary
 from jaxrec.factorize.rank import FactorizeConfig
@@ -28,7 +28,7 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
 from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
-from jaxrec.train import factorize_phase, faults, run_dir, schedules, selection, sparse
+from jaxrec.train import factorize_phase, faults, run_dir, scalars, schedules, selection, sparse
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train import sharding as sharding_lib
 from jaxrec.train.sharding import MeshConfig, host_batches
@@ -47,6 +47,9 @@ class TrainConfig:
     embedding_optimizer: sparse table optimizer (sgd, rowwise_adagrad), or
       "auto": sgd with sgd, rowwise_adagrad otherwise.
     embedding_learning_rate: table (peak) learning rate (None: learning_rate).
+    negative_sampling_rate: train on every positive and this share of the
+      negative rows (seeded by `seed`, the same rows on resume); predictions
+      are corrected for it (`jaxrec.data.sampling`).
     lr_schedule: the schedule of both rates over train steps
       (`jaxrec.train.schedules`).
     batch_size: training batch (static; the last one is padded and masked).
@@ -54,7 +57,10 @@ class TrainConfig:
     epochs: passes over the training split (an upper bound with early stopping).
     max_steps: stop after this many steps (None: all epochs).
     eval_every: evaluate on validation every N steps (0: each epoch end).
-    log_every: fetch and log the running loss every N steps.
+    log_every: fetch and log the running loss every N steps (a "train" record of
+      history.jsonl and TensorBoard: loss, learning rates, examples/s).
+    tensorboard_dir: where TensorBoard event files go (None: the run directory;
+      "": none).
     checkpoint_every: save every N steps (0: each epoch end); the end is always saved.
       -1: never save (benchmark runs; such a run cannot be resumed).
     seed: init, data order and dropout seed.
@@ -89,6 +95,7 @@ class TrainConfig:
   learning_rate: float = 0.1
   embedding_optimizer: str = "auto"
   embedding_learning_rate: float | None = None
+  negative_sampling_rate: float = 1.0
   lr_schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
   batch_size: int = 256
   eval_batch_size: int = 8192
@@ -96,6 +103,7 @@ class TrainConfig:
   max_steps: int | None = None
   eval_every: int = 0
   log_every: int = 100
+  tensorboard_dir: str | None = None
   checkpoint_every: int = 0
   seed: int = 0
   select_metric: str = "logloss"
@@ -118,7 +126,7 @@ class TrainConfig:
 
 # Config sections that must match for a checkpoint to be resumed.
 _RESUME_KEYS = ("model", "embedding", "data", "optimizer", "embedding_optimizer", "batch_size",
-                "seed", "lr_schedule", "select_metric")
+                "seed", "lr_schedule", "select_metric", "negative_sampling_rate")
 
 
 def _trained_structure(config_json: dict):
@@ -180,6 +188,30 @@ def build_optimizers(config: TrainConfig, total_steps: int):
           sparse.create(config.resolved_embedding_optimizer, table_rate), dense_rate, table_rate)
 
 
+def _downsample_negatives(splits: Splits, config: TrainConfig) -> Splits:
+  """`splits` with the training negatives down-sampled at `config.negative_sampling_rate`."""
+  if config.negative_sampling_rate == 1.0:
+    return splits
+  train = sampling.downsample_negatives(splits.train, config.negative_sampling_rate, config.seed)
+  logging.info("negative down-sampling at %g: %d of %d training rows kept",
+               config.negative_sampling_rate, len(train), len(splits.train))
+  return dataclasses.replace(splits, train=train)
+
+
+def _running_to_meta(running: dict | None) -> list[float] | None:
+  """The loss sums since the last train record, for a resumed run to continue them."""
+  if running is None:
+    return None
+  return [float(running["loss_sum"]), float(running["weight_sum"])]
+
+
+def _running_from_meta(meta: dict) -> dict | None:
+  saved = meta.get("running_loss")
+  if saved is None:
+    return None
+  return {"loss_sum": jnp.float32(saved[0]), "weight_sum": jnp.float32(saved[1])}
+
+
 def _restore_selected(checkpointer: Checkpointer, state: TrainState, step: int,
                       resizable: tuple[str, ...]) -> tuple[TrainState, int]:
   """(the model selected on validation, its step): its tagged checkpoint, or `state`
@@ -195,13 +227,6 @@ def _restore_selected(checkpointer: Checkpointer, state: TrainState, step: int,
 def _writer() -> bool:
   """Multi-host runs write reports from process 0 only (orbax coordinates checkpoints)."""
   return jax.process_index() == 0
-
-
-def _append_jsonl(path: str, record: dict) -> None:
-  if not _writer():
-    return
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
 
 
 def _truncate_history(path: str, max_step: int) -> None:
@@ -299,9 +324,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
 
   if splits is None:
     splits, vocabulary = load_splits_and_vocabulary(config.data)
-  train_positive_rate = splits.train.positive_rate
+  train_positive_rate = splits.train.positive_rate  # of the population, before sampling
+  splits = _downsample_negatives(splits, config)
   spec = run_dir.ModelSpec(config.model, config.embedding, splits.train.vocab_sizes,
-                           splits.train.num_dense)
+                           splits.train.num_dense, config.negative_sampling_rate)
   if _writer():
     run_dir.write_model_files(workdir, spec, vocabulary)  # what load_run / predict need
   model = spec.build()
@@ -351,7 +377,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   resizable = ("tables", "table_opt_state")  # checkpoints from any mesh (padded rows)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-  step = 0
+  step, running = 0, None  # running: loss sums since the last train record, on device
   monitor = faults.NonFiniteMonitor(config.on_nonfinite)
   selected = selection.Selection(config.select_metric, config.early_stopping_patience)
   if resume and checkpointer.latest_step() is not None:
@@ -359,6 +385,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     step = int(meta["step"])
     monitor.skipped = int(meta.get("skipped_nonfinite_batches", 0))
     selected.restore(meta.get("selection", {}))
+    running = _running_from_meta(meta)
     _truncate_history(history_path, step)
     logging.info("resumed from step %d", step)
   elif os.path.exists(history_path) and _writer():
@@ -369,13 +396,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                config.model.name, len(splits.train), len(splits.validation), len(splits.test),
                total_steps, config.batch_size)
 
+  scalar_log = scalars.ScalarLog(
+      history_path, workdir if config.tensorboard_dir is None else config.tensorboard_dir, step)
+
   def run_eval(dataset, split_name):
     result = evaluate(predict, state.params, state.tables, dataset, eval_batch_size,
                       train_positive_rate, batch_sharding)
     del result["probs"]
     on_event("eval", step)
-    record = {"step": step, "epoch": step / steps_per_epoch, "split": split_name, **result}
-    _append_jsonl(history_path, record)
+    scalar_log.write(step, split_name, {"epoch": step / steps_per_epoch, **result})
     logging.info("step %d %s: auc %.4f logloss %.4f (constant %.4f) accuracy %.4f"
                  " calibration %.3f", step, split_name, result["auc"], result["logloss"],
                  result["baseline_logloss"], result["accuracy"], result["calibration"])
@@ -383,7 +412,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
 
   def save(is_selected=False):
     checkpointer.save(step, state, {"step": step, "skipped_nonfinite_batches": monitor.skipped,
-                                    "selection": selected.to_meta()}, selected=is_selected)
+                                    "selection": selected.to_meta(),
+                                    "running_loss": _running_to_meta(running)},
+                      selected=is_selected)
     on_event("save", step)
 
   def check_finite():  # a host sync: only where the loop syncs anyway
@@ -395,7 +426,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
 
   train_seconds, timed_examples, compile_seconds = 0.0, 0, 0.0
   compiled = set()  # the step functions called so far: their first call compiles
-  running, window_start, window_steps = None, time.perf_counter(), 0
+  window_start, window_steps = time.perf_counter(), 0
   while step < total_steps and not selected.should_stop:
     epoch, start_batch = divmod(step, steps_per_epoch)
     batches = iter(loader.prefetch_to_device(host_batches(
@@ -443,6 +474,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
         logging.info("step %d/%d  loss %.4f  %.0f examples/s  ETA %.0fs", step, total_steps,
                      loss, rate, eta)
+        scalar_log.write(step, "train", {
+            "epoch": step / steps_per_epoch, "loss": loss,
+            # the rates of this record's last update (step `step`, 1-based)
+            "learning_rate": schedules.value(dense_rate, step - 1),
+            "embedding_learning_rate": schedules.value(table_rate, step - 1),
+            "examples_per_sec": rate})
         running, window_start, window_steps = None, now, 0
       last = step == total_steps
       do_eval = last or (step % config.eval_every == 0 if config.eval_every else end_of_epoch)
@@ -468,6 +505,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                  step, selected.evals_since_best, config.select_metric)
   state, tested_step = _restore_selected(checkpointer, state, step, resizable)
   checkpointer.close()
+  scalar_log.close()
 
   factorize_report = {}
   if factorize_config is not None and factorize_config.method != "before":

@@ -63,23 +63,27 @@ class ModelSpec:
   embedding: EmbeddingConfig
   vocab_sizes: tuple[int, ...]
   num_dense: int = 13
+  negative_sampling_rate: float = 1.0  # inference logits are corrected for it
 
   def build(self) -> CTRModel:
-    return CTRModel.create(self.model, self.embedding, self.vocab_sizes, self.num_dense)
+    return CTRModel.create(self.model, self.embedding, self.vocab_sizes, self.num_dense,
+                           self.negative_sampling_rate)
 
   def to_json(self) -> dict:
     model = dataclasses.asdict(self.model)
     model.pop("cpu_kernels", None)  # how this process runs it, not what the network is
     return {"model": model,
             "embedding": dataclasses.asdict(self.embedding),
-            "vocab_sizes": list(self.vocab_sizes), "num_dense": self.num_dense}
+            "vocab_sizes": list(self.vocab_sizes), "num_dense": self.num_dense,
+            "negative_sampling_rate": self.negative_sampling_rate}
 
   @classmethod
   def from_json(cls, data: dict, where: str = MODEL_SPEC_FILE) -> "ModelSpec":
     return cls(model=dataclass_from_json(ModelConfig, data["model"], where),
                embedding=dataclass_from_json(EmbeddingConfig, data["embedding"], where),
                vocab_sizes=tuple(int(v) for v in data["vocab_sizes"]),
-               num_dense=int(data.get("num_dense", 13)))
+               num_dense=int(data.get("num_dense", 13)),
+               negative_sampling_rate=float(data.get("negative_sampling_rate", 1.0)))
 
 
 def write_model_files(workdir: str, spec: ModelSpec, vocabulary: Vocabulary | None = None
