@@ -82,13 +82,11 @@ def test_vocabulary_spec_and_exclusive_cap(tmp_path, criteo_kaggle_path):
   assert "vocabulary" not in PreprocessConfig(inputs=(), output_dir="").options()
 
 
-dask_distributed = pytest.importorskip("distributed")
-
-
 @pytest.fixture(scope="module")
 def scheduler():
   """One two-worker local cluster for the module (each start costs seconds)."""
-  with dask_distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+  distributed = pytest.importorskip("distributed")  # the optional extra jaxrec[dask]
+  with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                      dashboard_address=None) as cluster:
     yield cluster.scheduler_address
 
@@ -135,6 +133,7 @@ def test_dask_engine_names_the_bad_line(tmp_path, scheduler):
 
 @pytest.mark.slow
 def test_cli_dask_engine_starts_a_local_cluster(tmp_path, criteo_1tb_path):
+  pytest.importorskip("distributed")
   outs = []
   for engine in ("local", "dask"):
     out = str(tmp_path / engine)
