@@ -39,7 +39,7 @@ def main(workdir: str, process_id: int, num_processes: int, port: int) -> None:
   if num_processes > 1:
     jax.distributed.initialize(f"localhost:{port}", num_processes, process_id)
   from jax.experimental import multihost_utils
-  from jaxrec.data import synthetic
+  from jaxrec.data import loader, synthetic
   from jaxrec.layers.embeddings import EmbeddingConfig
   from jaxrec.models.ctr_model import CTRModel
   from jaxrec.models.registry import ModelConfig
@@ -62,6 +62,8 @@ def main(workdir: str, process_id: int, num_processes: int, port: int) -> None:
   for start, stop in pieces:
     batches = sharding.host_batches(data, BATCH, training.batch_sharding, start_batch=start,
                                     **order)
+    if stop is None:  # as the training loop feeds its steps (read-ahead would be counted)
+      batches = loader.prefetch_to_device(batches, sharding=training.batch_sharding)
     for batch in batches:
       state, _ = training.train_step(state, batch)
       steps += 1
