@@ -108,7 +108,7 @@ flags.DEFINE_string("tensorboard_dir", None, "TensorBoard event files (default: 
 flags.DEFINE_integer("checkpoint_every", 0, "Checkpoint every N steps (0 = each epoch).")
 flags.DEFINE_integer("steps_per_call", 1,
                      "Train steps per jitted call (a lax.scan over that many batches; the same"
-                     " updates, one dispatch: pays at small batches). Single device only.")
+                     " updates, one dispatch: pays at small batches).")
 flags.DEFINE_float("rank_fraction", 0.0,
                    "Low-rank factorization of the Dense layers at this parameter fraction p"
                    " (rank r < p*m*n/(m+n)); 0 = dense. Alone it implies --factorize=before.")
@@ -304,10 +304,6 @@ def config_from_flags():
   check_output_dir(FLAGS.output_dir, FLAGS.resume)
 
   factorize = factorize_from_flags()
-  if factorize is not None and mesh is not None:
-    raise FlagError("--factorize / --rank_fraction train on one device: drop --mesh")
-  if FLAGS.steps_per_call > 1 and mesh is not None:
-    raise FlagError(f"--steps_per_call={FLAGS.steps_per_call} runs on one device: drop --mesh")
 
   schema = schema_from_flag(FLAGS.schema)
   data = DataConfig(source=FLAGS.data, schema=schema, synthetic_rows=FLAGS.synthetic_rows,

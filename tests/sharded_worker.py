@@ -6,6 +6,7 @@ the JSON it prints:
 
   python tests/sharded_worker.py equality          # sharded steps == single-device steps
   python tests/sharded_worker.py reshard WORKDIR   # save on 4 devices, resume on 2 and 1
+  python tests/sharded_worker.py features WORKDIR  # skip, steps_per_call, svd + fine-tuning
 """
 
 import dataclasses
@@ -126,7 +127,49 @@ def reshard(workdir):
           "num_devices": jax.device_count()}
 
 
+def features(workdir):
+  """One run with every loop feature on data:2,model:2 and on one device: a batch with a
+  NaN skipped on device, 4 steps per call, SVD after training and a fine-tuning epoch."""
+  from jaxrec.factorize.rank import FactorizeConfig
+  from jaxrec.train import loop
+
+  original = loop.load_splits_and_vocabulary
+
+  def poisoned(config):
+    splits, vocabulary = original(config)
+    dense = splits.train.dense.copy()
+    dense[7, 2] = np.nan
+    return dataclasses.replace(splits, train=dataclasses.replace(splits.train, dense=dense)), vocabulary
+
+  loop.load_splits_and_vocabulary = poisoned
+  config = TrainConfig(
+      model=ModelConfig(bottom_mlp=(16, 8), top_mlp=(16, 1)),
+      embedding=EmbeddingConfig(dim=8), data=DataConfig(synthetic_rows=640, synthetic_max_vocab=90),
+      optimizer="sgd", learning_rate=0.05, batch_size=32, epochs=1, log_every=1000,
+      eval_batch_size=256, on_nonfinite="skip", steps_per_call=4,
+      factorize=FactorizeConfig(method="svd", rank_fraction=0.5, finetune_epochs=1))
+  reports, states, history = [], [], []
+  for mesh in (None, sharding.MeshConfig(data=2, model=2)):
+    run = os.path.join(workdir, "mesh" if mesh else "one-device")
+    reports.append(train_and_evaluate(dataclasses.replace(config, mesh=mesh), run))
+    states.append(Checkpointer(os.path.join(run, "checkpoints")).restore()[0])
+    history.append([r["step"] for r in map(json.loads, open(os.path.join(run, "history.jsonl")))
+                    if r["split"] == "validation"])
+  keys = ("steps", "skipped_nonfinite_batches", "layer_ranks", "num_devices", "auc", "logloss",
+          "prefactorize_auc", "prefinetune_auc")
+  one, mesh = states
+  tables = {k: np.asarray(v)[:np.asarray(one["tables"][k]).shape[0]]
+            for k, v in mesh["tables"].items()}
+  return {"reports": [{k: r.get(k) for k in keys} for r in reports], "history": history,
+          "param_diff": _max_diff(one["params"], mesh["params"]),
+          "param_scale": _max_diff(one["params"], jax.tree_util.tree_map(np.zeros_like,
+                                                                         one["params"])),
+          "factorized": sorted(k for k in one["params"]["top"]["layers_0"]),
+          "table_diff": _max_diff(one["tables"], tables)}
+
+
 if __name__ == "__main__":
   what = sys.argv[1]
-  result = equality() if what == "equality" else reshard(sys.argv[2])
+  result = (equality() if what == "equality" else
+            reshard(sys.argv[2]) if what == "reshard" else features(sys.argv[2]))
   print("RESULT " + json.dumps(result))

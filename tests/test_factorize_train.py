@@ -48,9 +48,34 @@ def test_svd_after_training_with_finetune_reports_ranks_and_errors(tmp_path):
     np.testing.assert_allclose(row["relative_error"], row["svd_relative_error"], rtol=1e-3)
   # Fine-tuning moved the factorized model: the final metrics differ from the pre-fine-tune ones.
   assert metrics["prefinetune_logloss"] != metrics["logloss"]
-  assert metrics["steps"] == 12 and metrics["inference_examples_per_sec"] > 0
+  # 12 training steps, then 12 fine-tuning steps through the same loop (validated at both ends).
+  assert metrics["steps"] == 24 and metrics["inference_examples_per_sec"] > 0
+  assert metrics["finetune_seconds"] > 0
   on_disk = json.load(open(tmp_path / "metrics.json"))
   assert on_disk["layer_ranks"] == ranks
+  history = [json.loads(line) for line in open(tmp_path / "history.jsonl")]
+  assert [r["step"] for r in history if r["split"] == "validation"] == [12, 24]
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_run_killed_while_finetuning_resumes_exactly(tmp_path):
+  config = dataclasses.replace(TINY, checkpoint_every=6, factorize=FactorizeConfig(
+      method="svd", rank_fraction=0.5, finetune_epochs=1))
+  full = train_and_evaluate(config, str(tmp_path / "full"))
+
+  def kill_at_18(kind, step):
+    if kind == "save" and step == 18:
+      raise _Killed
+
+  part = str(tmp_path / "part")
+  with pytest.raises(_Killed):
+    train_and_evaluate(config, part, on_event=kill_at_18)
+  resumed = train_and_evaluate(config, part, resume=True)
+  for key in ("logloss", "auc", "steps", "layer_ranks", "prefactorize_auc", "prefinetune_auc"):
+    assert resumed[key] == full[key], key
 
 
 def test_before_trains_factors_and_resumes(tmp_path):

@@ -104,3 +104,22 @@ def test_checkpoint_saved_on_4_devices_resumes_on_2_and_1(tmp_path):
   assert r["shapes_equal"]  # the last save (one device) holds the real rows only
   assert r["max_diff"] < 1e-4  # same params as training on one device throughout
   assert abs(r["auc"][0] - r["auc"][1]) < 1e-3
+
+
+def test_mesh_runs_skip_steps_per_call_and_factorize_with_finetuning(tmp_path):
+  """--mesh=data:2,model:2 --on_nonfinite=skip --steps_per_call=4 --factorize=svd
+  --rank_fraction=0.5 --finetune_epochs=1 equals the one-device run up to float32
+  summation order."""
+  r = _worker("features", str(tmp_path))
+  one, mesh = r["reports"]
+  assert one["num_devices"] == 1 and mesh["num_devices"] == 4
+  for key in ("steps", "skipped_nonfinite_batches", "layer_ranks"):
+    assert one[key] == mesh[key], key
+  assert one["steps"] == 32 and one["skipped_nonfinite_batches"] == 2  # the NaN row, each epoch
+  for key in ("auc", "logloss", "prefactorize_auc", "prefinetune_auc"):
+    assert abs(one[key] - mesh[key]) < 1e-4, (key, one[key], mesh[key])
+  assert r["factorized"] == ["bias", "u", "v"]  # the checkpoint holds the fine-tuned factors
+  assert r["param_diff"] < 1e-4 * max(r["param_scale"], 1.0)
+  assert r["table_diff"] < 1e-5
+  # Fine-tuning runs through the loop: validated at the end of training and of fine-tuning.
+  assert r["history"][0] == r["history"][1] == [16, 32]

@@ -46,7 +46,7 @@ def test_resume_reaches_identical_params(tmp_path):
 
 def test_steps_per_call_groups_steps_between_events_and_resumes(tmp_path, monkeypatch):
   import dataclasses
-  from jaxrec.train import loop
+  from jaxrec.train import step as step_lib
   groups = []  # (first step, number of steps) of every multi-step call
 
   def counting(*args, **kwargs):
@@ -57,8 +57,8 @@ def test_steps_per_call_groups_steps_between_events_and_resumes(tmp_path, monkey
       return multi(state, batches)
     return call
 
-  make_multi = loop.make_multi_train_step
-  monkeypatch.setattr(loop, "make_multi_train_step", counting)
+  make_multi = step_lib.make_multi_train_step
+  monkeypatch.setattr(step_lib, "make_multi_train_step", counting)
   # Logs at 7, 14, ...; saves at 10, 20, ...; the final model is tested (the stop at 47
   # below evaluates there, which an uninterrupted run does not: no selection on validation).
   events = dataclasses.replace(SMALL, log_every=7, select_metric="last")

@@ -138,6 +138,15 @@ class Checkpointer:
           meta=ocp.args.JsonSave(meta)), metrics={_SELECTED: step if selected else -1},
           force=True)
 
+  def read_meta(self, step: int | None = None) -> dict:
+    """The meta dict saved with checkpoint `step` (None: the latest), without the state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    with _quiet():
+      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
+
   def restore(self, target_state: Any = None, step: int | None = None, *,
               resizable_rows: tuple[str, ...] = ()) -> tuple[Any, dict]:
     """Restores into the structure, shapes and shardings of `target_state`.

@@ -6,9 +6,11 @@
   before a checkpoint is restored into it), the Dense kernels become fresh
   factors, so the run trains the low-rank model from scratch.
 * `after_training` (``svd``, ``nmf``, ``auto``): the trained dense model is
-  evaluated on the test split, transformed, optionally fine-tuned for
-  `finetune_epochs` (the jitted step recompiles once for the new structure),
-  and returned for the final evaluation.
+  evaluated on the test split and transformed; the loop then fine-tunes it for
+  `finetune_epochs` with the same step (which recompiles once for the new
+  structure), logging, validating and checkpointing as in training.
+* `with_ranks`: a fresh state given the factorized structure recorded in a
+  checkpoint, so that a run resumes inside its fine-tuning.
 
 Also `inference_examples_per_sec`, the throughput of the final model at a
 fixed batch of 8192.
@@ -59,27 +61,18 @@ def at_init(model: CTRModel, state: TrainState, config: FactorizeConfig,
   return _replace_params(state, params, dense_tx), config
 
 
-def finetune(state: TrainState, train_step, dataset: CTRDataset, batch_size: int, epochs: int,
-             seed: int, first_epoch: int) -> TrainState:
-  """`epochs` more passes with `train_step`, shuffled as epochs first_epoch, first_epoch + 1, ..."""
-  for epoch in range(first_epoch, first_epoch + epochs):
-    for batch in loader.prefetch_to_device(loader.iterate_batches(
-        dataset, batch_size, shuffle=True, seed=seed, epoch=epoch)):
-      state, _ = train_step(state, batch)
-  jax.block_until_ready(state.step)
-  return state
-
-
 def after_training(model: CTRModel, state: TrainState, config: FactorizeConfig, *,
                    splits: Splits, evaluate_params: EvaluateParams,
-                   dense_tx: optax.GradientTransformation, train_step, batch_size: int,
-                   seed: int, first_epoch: int) -> tuple[TrainState, dict]:
-  """Transforms the trained state's params, fine-tunes, and reports what changed.
+                   dense_tx: optax.GradientTransformation
+                   ) -> tuple[TrainState, FactorizeConfig, dict]:
+  """Transforms the trained state's params and reports what changed.
 
   Returns:
-    (new state, report) where report holds the dense model's test metrics
-    (``prefactorize_*``), the per-layer plan, the reconstruction errors
-    beside SVD's, the auto-rank search log and the time taken.
+    (new state, the config with its ranks, report) where report holds the
+    dense model's test metrics (``prefactorize_*``), the per-layer plan, the
+    reconstruction errors beside SVD's, the auto-rank search log, the time
+    taken and, when fine-tuning follows, the transformed model's test metrics
+    (``prefinetune_*``).
   """
   config = _with_layers(model, config)
   dense_params = state.params
@@ -108,12 +101,18 @@ def after_training(model: CTRModel, state: TrainState, config: FactorizeConfig, 
     transformed = evaluate_params(params, splits.test)
     report["prefinetune_auc"] = transformed["auc"]
     report["prefinetune_logloss"] = transformed["logloss"]
-    tic = time.perf_counter()
-    state = finetune(state, train_step, splits.train, batch_size, config.finetune_epochs, seed,
-                     first_epoch)
-    report["finetune_seconds"] = time.perf_counter() - tic
   logging.info("factorized (%s): ranks %s", config.method, dict(config.ranks))
-  return state, report
+  return state, config, report
+
+
+def with_ranks(model: CTRModel, state: TrainState, config: FactorizeConfig, ranks,
+               dense_tx: optax.GradientTransformation) -> tuple[TrainState, FactorizeConfig]:
+  """`state` with the structure `after_training` gave (`ranks`: its config's ranks), to
+  restore a fine-tuning checkpoint into (the values are the checkpoint's)."""
+  config = dataclasses.replace(_with_layers(model, config),
+                               ranks=tuple((path, rank) for path, rank in ranks))
+  params, config = factorize.svd.svd(state.params, config)
+  return _replace_params(state, params, dense_tx), config
 
 
 def factorize_summary(params, config: FactorizeConfig | None) -> dict:

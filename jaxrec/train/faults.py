@@ -44,16 +44,8 @@ class NonFiniteMonitor:
     self._count = None
     self._first = None
 
-  def update(self, metrics: Mapping[str, jax.Array], step: int) -> None:
-    """Adds one step's `nonfinite` / `nonfinite_step` (asynchronous device ops).
-
-    A step without these flags (the sharded step, which applies every update)
-    is judged by its `loss_sum`; `step` is its 1-based number.
-    """
-    if "nonfinite" not in metrics:
-      bad = ~jnp.isfinite(metrics["loss_sum"])
-      metrics = {"nonfinite": bad.astype(jnp.int32),
-                 "nonfinite_step": jnp.where(bad, step, jnp.iinfo(jnp.int32).max)}
+  def update(self, metrics: Mapping[str, jax.Array]) -> None:
+    """Adds one step's `nonfinite` / `nonfinite_step` (asynchronous device ops)."""
     if self._count is None:
       self._count, self._first = metrics["nonfinite"], metrics["nonfinite_step"]
     else:

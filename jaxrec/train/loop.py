@@ -32,8 +32,7 @@ from jaxrec.train import factorize_phase, faults, run_dir, scalars, schedules, s
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train import sharding as sharding_lib
 from jaxrec.train.sharding import MeshConfig, host_batches
-from jaxrec.train.step import (TrainState, create_train_state, dense_optimizer,
-                               make_multi_train_step, make_predict, make_train_step)
+from jaxrec.train.step import Training, TrainState, dense_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +76,17 @@ class TrainConfig:
       allocated) that the train state fits; None: what the platform reports
       (GPUs and TPUs do, CPUs do not: then nothing is checked).
     factorize: low-rank factorization of the Dense layers (None: dense);
-      "before" applies at init, the others after training (then fine-tune).
+      "before" applies at init, the others after training, then fine-tune
+      for its `finetune_epochs` in this loop (logged, validated, checkpointed
+      and resumable like training; on any mesh).
     on_nonfinite: a non-finite loss or gradient "stop"s training (NonFiniteError
       naming the step; the newest checkpoint is the last good one) or "skip"s
       the batch and counts it (metrics.json: skipped_nonfinite_batches).
     steps_per_call: train steps per jitted call (`make_multi_train_step`, a
       `lax.scan` over that many batches): the same updates with one dispatch,
       which pays at small batches. Groups never straddle a log, eval,
-      checkpoint or epoch end (steps just before one run one per call). One
-      device only.
+      checkpoint or epoch end (steps just before one run one per call). On
+      any mesh.
   """
 
   model: ModelConfig = ModelConfig()
@@ -277,12 +278,6 @@ def _next_boundary(step: int, config: TrainConfig, steps_per_epoch: int, total_s
 
 
 @jax.jit
-def _stack_batches(batches: list[dict]) -> dict:
-  """K batches -> one batch with a leading K axis (one dispatch)."""
-  return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *batches)
-
-
-@jax.jit
 def _sum_steps(metrics: dict) -> dict:
   """Stacked per-step metrics of one multi-step call -> one step's worth (sums; the
   first skipped step is a min)."""
@@ -337,43 +332,36 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     total_steps = min(total_steps, config.max_steps)
   dense_tx, table_opt, dense_rate, table_rate = build_optimizers(config, total_steps)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-  batch_sharding, eval_batch_size = None, config.eval_batch_size
-  factorize_config = config.factorize
-  if factorize_config is not None and config.mesh is not None:
-    raise ValueError("factorize runs on one device (mesh=None) for now")
   regularizer = build_regularizer(config.model)
   if config.mesh is None:
-    abstract = jax.eval_shape(lambda key: create_train_state(model, key, dense_tx, table_opt),
-                              init_key)
+    training = Training(model, dense_tx, table_opt, dropout_key, regularizer)
+    abstract = jax.eval_shape(training.init_state, init_key)
     total_bytes, _ = sharding_lib.state_bytes_per_device(abstract)
     logging.info("train state %.3f GiB on one device; host RSS before allocating %.3f GiB",
                  total_bytes / 2**30, sharding_lib.host_rss_bytes() / 2**30)
     sharding_lib.check_fits(abstract, sharding_lib.device_memory_bytes(
         jax.devices()[0], config.device_memory_gb), "one device (no --mesh)")
-    state = create_train_state(model, init_key, dense_tx, table_opt)
-    if factorize_config is not None and factorize_config.method == "before":
-      state, factorize_config = factorize_phase.at_init(model, state, factorize_config, dense_tx)
-    train_step = make_train_step(model, dense_tx, table_opt, dropout_key,
-                                 regularizer=regularizer)
-    multi_step = (make_multi_train_step(model, dense_tx, table_opt, dropout_key,
-                                        regularizer=regularizer)
-                  if config.steps_per_call > 1 else None)
-    predict = make_predict(model)
   else:  # several devices; see jaxrec.train.sharded_step
-    if config.on_nonfinite == "skip":
-      raise ValueError("on_nonfinite='skip' needs the single-device step (it skips on device)")
-    if config.steps_per_call > 1:
-      raise ValueError("steps_per_call > 1 needs the single-device step (mesh=None)")
     from jaxrec.train.sharded_step import ShardedTraining
-    sharded = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
-                                       batch_size=config.batch_size, regularizer=regularizer)
-    logging.info("%s", sharded.memory_report())  # before anything is allocated
-    sharding_lib.check_fits(sharded.abstract_state(), sharding_lib.device_memory_bytes(
-        sharded.mesh.devices.flat[0], config.device_memory_gb), f"--mesh={config.mesh}",
+    training = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
+                                        batch_size=config.batch_size, regularizer=regularizer)
+    logging.info("%s", training.memory_report())  # before anything is allocated
+    sharding_lib.check_fits(training.abstract_state(), sharding_lib.device_memory_bytes(
+        training.mesh.devices.flat[0], config.device_memory_gb), f"--mesh={config.mesh}",
         config.mesh.model)
-    state, train_step, predict = sharded.init_state(init_key), sharded.train_step, sharded.predict
-    multi_step = None
-    batch_sharding, eval_batch_size = sharded.batch_sharding, sharded.round_batch(eval_batch_size)
+  batch_sharding = training.batch_sharding
+  eval_batch_size = training.round_batch(config.eval_batch_size)
+  state = training.init_state(init_key)
+  factorize_config = config.factorize
+  if factorize_config is not None and factorize_config.method == "before":
+    state, factorize_config = factorize_phase.at_init(model, state, factorize_config, dense_tx)
+    state = training.place_state(state)
+  # A transform after training happens at step `dense_steps`; fine-tuning follows in this loop.
+  pending_factorize = factorize_config is not None and factorize_config.method != "before"
+  dense_steps = total_steps
+  if pending_factorize:
+    total_steps += factorize_config.finetune_epochs * steps_per_epoch
+  factorize_report, finetune_start, factorized_from = {}, None, None
   resizable = ("tables", "table_opt_state")  # checkpoints from any mesh (padded rows)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -381,6 +369,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   monitor = faults.NonFiniteMonitor(config.on_nonfinite)
   selected = selection.Selection(config.select_metric, config.early_stopping_patience)
   if resume and checkpointer.latest_step() is not None:
+    factorized = checkpointer.read_meta().get("factorized")
+    if factorized is not None:  # saved while fine-tuning: restore into its structure
+      state, factorize_config = factorize_phase.with_ranks(
+          model, state, factorize_config, factorized["ranks"], dense_tx)
+      state = training.place_state(state)
+      factorize_report, pending_factorize = factorized["report"], False
+      factorized_from = dense_steps
     state, meta = checkpointer.restore(state, resizable_rows=resizable)
     step = int(meta["step"])
     monitor.skipped = int(meta.get("skipped_nonfinite_batches", 0))
@@ -398,6 +393,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
 
   scalar_log = scalars.ScalarLog(
       history_path, workdir if config.tensorboard_dir is None else config.tensorboard_dir, step)
+  predict = training.predict
 
   def run_eval(dataset, split_name):
     result = evaluate(predict, state.params, state.tables, dataset, eval_batch_size,
@@ -411,11 +407,28 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     return result
 
   def save(is_selected=False):
-    checkpointer.save(step, state, {"step": step, "skipped_nonfinite_batches": monitor.skipped,
-                                    "selection": selected.to_meta(),
-                                    "running_loss": _running_to_meta(running)},
-                      selected=is_selected)
+    meta = {"step": step, "skipped_nonfinite_batches": monitor.skipped,
+            "selection": selected.to_meta(), "running_loss": _running_to_meta(running)}
+    if step > dense_steps:  # fine-tuning: what restores its structure on resume
+      meta["factorized"] = {"ranks": factorize_config.ranks, "report": factorize_report}
+    checkpointer.save(step, state, meta, selected=is_selected)
     on_event("save", step)
+
+  def factorize_trained():
+    """The transform after training, of the model selected on validation; fine-tuning
+    follows, and selects among its own checkpoints."""
+    nonlocal state, factorize_config, factorize_report, factorized_from, selected
+    state, factorized_from = _restore_selected(checkpointer, state, step, resizable)
+
+    def evaluate_params(params, dataset):
+      return evaluate(predict, training.place_params(params), state.tables, dataset,
+                      eval_batch_size, train_positive_rate, batch_sharding)
+    new_state, factorize_config, factorize_report = factorize_phase.after_training(
+        model, state, factorize_config, splits=splits, evaluate_params=evaluate_params,
+        dense_tx=dense_tx)
+    # The step counter goes on from here (the selected model may be an earlier step's).
+    state = training.place_state(new_state.replace(step=jnp.asarray(step, jnp.int32)))
+    selected = selection.Selection(config.select_metric, config.early_stopping_patience)
 
   def check_finite():  # a host sync: only where the loop syncs anyway
     try:
@@ -427,28 +440,35 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   train_seconds, timed_examples, compile_seconds = 0.0, 0, 0.0
   compiled = set()  # the step functions called so far: their first call compiles
   window_start, window_steps = time.perf_counter(), 0
-  while step < total_steps and not selected.should_stop:
+  while (step < total_steps or pending_factorize) and not selected.should_stop:
+    if pending_factorize and step >= dense_steps:
+      factorize_trained()
+      pending_factorize, finetune_start = False, train_seconds + compile_seconds
+      compiled.clear()  # the new structure compiles the steps again
+      if step >= total_steps:
+        break
     epoch, start_batch = divmod(step, steps_per_epoch)
     batches = iter(loader.prefetch_to_device(host_batches(
         splits.train, config.batch_size, batch_sharding, shuffle=True, seed=config.seed,
         epoch=epoch, start_batch=start_batch), sharding=batch_sharding))
     tic = time.perf_counter()
     while True:
-      room = _next_boundary(step, config, steps_per_epoch, total_steps) - step
-      count = config.steps_per_call if multi_step and room >= config.steps_per_call else 1
+      room = _next_boundary(step, config, steps_per_epoch,
+                            dense_steps if step < dense_steps else total_steps) - step
+      count = config.steps_per_call if room >= config.steps_per_call else 1
       group = list(itertools.islice(batches, count))
       if not group:
         break
-      fn = train_step if len(group) == 1 else multi_step
+      fn = training.train_step if len(group) == 1 else training.multi_train_step
       first = fn not in compiled  # its first call compiles: timed apart from throughput
       if first:
         jax.block_until_ready(state.step)
         train_seconds += time.perf_counter() - tic
         tic = time.perf_counter()
-      if fn is train_step:
-        state, step_metrics = train_step(state, group[0])
+      if len(group) == 1:
+        state, step_metrics = fn(state, group[0])
       else:
-        state, step_metrics = multi_step(state, _stack_batches(group))
+        state, step_metrics = fn(state, training.stack_batches(group))
         step_metrics = _sum_steps(step_metrics)
       if first:
         compiled.add(fn)
@@ -457,7 +477,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         tic = time.perf_counter()
       else:
         timed_examples += len(group) * config.batch_size
-      monitor.update(step_metrics, step + len(group))
+      monitor.update(step_metrics)
       loss_sums = {k: step_metrics[k] for k in ("loss_sum", "weight_sum")}
       running = loss_sums if running is None else jax.tree_util.tree_map(
           lambda a, b: a + b, running, loss_sums)  # on device, no sync
@@ -481,7 +501,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
             "embedding_learning_rate": schedules.value(table_rate, step - 1),
             "examples_per_sec": rate})
         running, window_start, window_steps = None, now, 0
-      last = step == total_steps
+      last = step in (dense_steps, total_steps)  # the end of training, or of fine-tuning
       do_eval = last or (step % config.eval_every == 0 if config.eval_every else end_of_epoch)
       do_save = config.checkpoint_every >= 0 and (
           last or (step % config.checkpoint_every == 0 if config.checkpoint_every
@@ -495,7 +515,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         if do_save or (checkpoints and (improved or selected.should_stop)):
           save(is_selected=improved)
         tic = time.perf_counter()
-      if step >= total_steps or selected.should_stop:
+      if (step >= total_steps or selected.should_stop
+          or (pending_factorize and step >= dense_steps)):
         break
     jax.block_until_ready(state.step)
     train_seconds += time.perf_counter() - tic
@@ -503,18 +524,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   if selected.should_stop:
     logging.info("early stopping at step %d: %d evaluations without a better validation %s",
                  step, selected.evals_since_best, config.select_metric)
-  state, tested_step = _restore_selected(checkpointer, state, step, resizable)
+  if pending_factorize:  # stopped early in training: factorized without fine-tuning
+    factorize_trained()
+  if factorized_from is None or (checkpointer.selected_step() or 0) > dense_steps:
+    state, tested_step = _restore_selected(checkpointer, state, step, resizable)
+  else:  # no fine-tuning checkpoint selected: the factorized model as trained
+    tested_step = factorized_from if step == dense_steps else step
   checkpointer.close()
   scalar_log.close()
 
-  factorize_report = {}
-  if factorize_config is not None and factorize_config.method != "before":
-    evaluate_params = lambda params, dataset: evaluate(
-        predict, params, state.tables, dataset, eval_batch_size, train_positive_rate)
-    state, factorize_report = factorize_phase.after_training(
-        model, state, factorize_config, splits=splits, evaluate_params=evaluate_params,
-        dense_tx=dense_tx, train_step=train_step, batch_size=config.batch_size,
-        seed=config.seed, first_epoch=config.epochs)
+  if finetune_start is not None:
+    factorize_report["finetune_seconds"] = train_seconds + compile_seconds - finetune_start
 
   result = evaluate(predict, state.params, state.tables, splits.test, eval_batch_size,
                     train_positive_rate, batch_sharding)
@@ -525,7 +545,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
                         label=splits.test.label)
   variables = {"params": state.params, "tables": state.tables}
   tables = state.tables if config.mesh is None else {  # real rows, without the padding
-      name: jax.ShapeDtypeStruct((sharded.logical_rows[name],) + t.shape[1:], t.dtype)
+      name: jax.ShapeDtypeStruct((training.logical_rows[name],) + t.shape[1:], t.dtype)
       for name, t in state.tables.items()}
   report = {
       "model": config.model.name,

@@ -1,7 +1,9 @@
 """The train and predict steps on a (data, model) device mesh, written with `jax.shard_map`.
 
-Same mathematics as `jaxrec.train.step` (one step over the whole global batch),
-laid out over devices as `jaxrec.train.sharding` describes. Per device, a step:
+The step body is `jaxrec.train.step.train_step` itself (one step over the whole
+global batch, with its non-finite guard), run per device under `shard_map`
+with `ShardedTables` as its table access, laid out over devices as
+`jaxrec.train.sharding` describes. Per device, a step:
 
 1. all-gathers the ids of its model group's examples over ``model`` and
    gathers the rows it owns, zeros elsewhere (a masked local lookup);
@@ -23,6 +25,7 @@ folded with the device index (dropout masks differ from a single-device run).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -30,13 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxrec.models.ctr_model import CTRModel
 from jaxrec.train import sparse
 from jaxrec.train.sharding import (BATCH_SPEC, DATA, MODEL, REPLICATED, ROW_SPEC, MeshConfig,
                                    check_batch_size, make_mesh, memory_report, named,
                                    padded_rows, put_global, state_specs)
-from jaxrec.train.step import Regularizer, TrainState, create_train_state
+from jaxrec.train.step import (LocalTables, Regularizer, TrainState, bound_step,
+                               create_train_state, predict_probs, scan_steps, stack_batches)
 
 ALL = (DATA, MODEL)
 
@@ -76,40 +81,27 @@ def _gather_batch(x: jax.Array) -> jax.Array:
                             to="invarying")
 
 
-def _local_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: CTRModel,
-                      dense_tx: optax.GradientTransformation, table_opt: sparse.SparseOptimizer,
-                      dropout_key: jax.Array, regularizer: Regularizer | None,
-                      num_devices: int) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One device's part of a step (runs under shard_map; see the module docstring)."""
-  ids = model.layout.row_ids(batch["cat"])
-  rows = sharded_lookup(state.tables, ids)
-  device = jax.lax.axis_index(ALL)
-  rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(dropout_key, state.step), device)}
-  weight_sum = jax.lax.psum(jnp.sum(batch["mask"]), ALL)
+@dataclasses.dataclass(frozen=True)
+class ShardedTables(LocalTables):
+  """`train_step`'s table access on row-sharded tables, inside shard_map over (data, model)."""
 
-  def loss_fn(params, rows):
-    logits = model.apply_rows(params, batch["dense"], rows, train=True, rngs=rngs)
-    loss_sum = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, batch["label"]) * batch["mask"])
-    loss = loss_sum / jnp.maximum(weight_sum, 1.0)
-    if regularizer is not None:  # its gradient is summed over devices below
-      loss = loss + regularizer(params) / num_devices
-    return loss, loss_sum
+  def lookup(self, tables, ids):
+    return sharded_lookup(tables, ids)
 
-  # `params` are replicated (invariant over the mesh); differentiating per-device
-  # code with respect to them sums their gradients over all devices.
-  (_, loss_sum), (param_grads, row_grads) = jax.value_and_grad(
-      loss_fn, argnums=(0, 1), has_aux=True)(state.params, rows)
-  updates, opt_state = dense_tx.update(param_grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  def update_targets(self, tables, ids, row_grads):
+    """The global batch's ids (as this shard's local rows; others out of range) and grads."""
+    local_ids = {name: _owned_index(_gather_batch(i), tables[name].shape[0])
+                 for name, i in ids.items()}
+    return local_ids, {name: _gather_batch(g) for name, g in row_grads.items()}
 
-  local_ids = {name: _owned_index(_gather_batch(i), state.tables[name].shape[0])
-               for name, i in ids.items()}
-  all_grads = {name: _gather_batch(g) for name, g in row_grads.items()}
-  tables, table_opt_state = table_opt.update(state.tables, state.table_opt_state, local_ids,
-                                             all_grads, state.step)
-  new_state = state.replace(step=state.step + 1, params=params, tables=tables,
-                            opt_state=opt_state, table_opt_state=table_opt_state)
-  return new_state, {"loss_sum": jax.lax.psum(loss_sum, ALL), "weight_sum": weight_sum}
+  def total(self, x):
+    return jax.lax.psum(x, ALL)
+
+  def everywhere(self, ok):
+    return jax.lax.pmin(ok.astype(jnp.int32), ALL) > 0
+
+  def dropout_key(self, key):
+    return jax.random.fold_in(key, jax.lax.axis_index(ALL))
 
 
 def _pad_tables(tables: dict[str, jax.Array], model_size: int) -> dict[str, jax.Array]:
@@ -121,7 +113,8 @@ def _pad_tables(tables: dict[str, jax.Array], model_size: int) -> dict[str, jax.
 
 
 class ShardedTraining:
-  """Sharded counterparts of `create_train_state`, `make_train_step` and `make_predict`.
+  """`jaxrec.train.step.Training` on a mesh: the same step body and predict function under
+  shard_map, the state padded and placed as `sharding.state_specs` says.
 
   Args:
     mesh: a ``(data, model)`` mesh from `sharding.make_mesh`.
@@ -144,15 +137,21 @@ class ShardedTraining:
     self._init = self._make_init()
     abstract = jax.eval_shape(self._init, jax.random.key(0))
     self.state_shardings = named(mesh, state_specs(abstract))
-    local = functools.partial(_local_train_step, model=model, dense_tx=dense_tx,
-                              table_opt=table_opt, dropout_key=dropout_key,
-                              regularizer=regularizer, num_devices=self.num_devices)
+    local = bound_step(model, dense_tx, table_opt, dropout_key, regularizer,
+                       ShardedTables(self.num_devices))
     specs = state_specs(abstract)
-    step = jax.shard_map(local, mesh=mesh, in_specs=(specs, BATCH_SPEC),
+    # K batches stacked on a leading axis (`multi_train_step`), each split like one batch.
+    stacked = P(None, *BATCH_SPEC)
+
+    def jitted(fn, batch_spec):
+      fn = jax.shard_map(fn, mesh=mesh, in_specs=(specs, batch_spec),
                          out_specs=(specs, REPLICATED))
-    self.train_step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
-                              out_shardings=(self.state_shardings, self._replicated),
-                              donate_argnums=0)
+      return jax.jit(fn, in_shardings=(self.state_shardings, NamedSharding(mesh, batch_spec)),
+                     out_shardings=(self.state_shardings, self._replicated), donate_argnums=0)
+
+    self.stack_batches = jax.jit(stack_batches, out_shardings=NamedSharding(mesh, stacked))
+    self.train_step = jitted(local, BATCH_SPEC)
+    self.multi_train_step = jitted(scan_steps(local), stacked)
     self.predict = self._make_predict()
 
   @classmethod
@@ -180,6 +179,14 @@ class ShardedTraining:
     """A fresh state created in place (no device ever holds a whole table)."""
     return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
 
+  def place_state(self, state: TrainState) -> TrainState:
+    """A state whose params were rewritten on the host side (a factorization) -> on the mesh."""
+    return jax.device_put(state, self.state_shardings)
+
+  def place_params(self, params):
+    """Params (e.g. transformed ones to evaluate) -> replicated on the mesh."""
+    return jax.device_put(params, self._replicated)
+
   def shard_state(self, state: TrainState) -> TrainState:
     """An unsharded state (e.g. built on one device) -> padded and placed on the mesh."""
     def pad(state):
@@ -196,12 +203,7 @@ class ShardedTraining:
         self.state_shardings, abstract, is_leaf=lambda x: isinstance(x, NamedSharding))
 
   def _make_predict(self):
-    model = self.model
-
-    def local_predict(params, tables, dense, cat):
-      rows = sharded_lookup(tables, model.layout.row_ids(cat))
-      return jax.nn.sigmoid(model.apply_rows(params, dense, rows, train=False))
-
+    local_predict = functools.partial(predict_probs, model=self.model, lookup=sharded_lookup)
     predict = jax.shard_map(local_predict, mesh=self.mesh,
                             in_specs=(REPLICATED, ROW_SPEC, BATCH_SPEC, BATCH_SPEC),
                             out_specs=BATCH_SPEC)
