@@ -34,19 +34,22 @@ FLAGS = flags.FLAGS
 FORMATS = {"float32": ("float32", "float32"), "int8": ("int8", "int8"),
            "int8-bf16mlp": ("int8", "bfloat16"), "int4": ("int4", "int8")}
 
-flags.DEFINE_string("output", "docs/quantized_serving.md", "Generated page to write.")
-flags.DEFINE_string("data", None, "Raw Criteo sample (default: ../shared/data/criteo/"
-                    "criteo_kaggle_train_first10k.tsv beside the checkout).")
-flags.DEFINE_list("formats", ["int8", "int8-bf16mlp", "int4"],
-                  f"Quantized formats against float32: {', '.join(list(FORMATS)[1:])}.")
-flags.DEFINE_integer("seeds", 3, "Models trained on the real sample (seeds 0..N-1).")
-flags.DEFINE_integer("epochs", 1, "Training epochs on the real sample.")
-flags.DEFINE_list("batch_sizes", ["1", "128", "8192"], "Inference batch sizes timed.")
-flags.DEFINE_integer("rounds", 5, "Timing rounds (each calls every artifact in turn).")
-flags.DEFINE_float("seconds", 1.0, "Seconds of calls per artifact, batch size and round.")
-flags.DEFINE_bool("large_tables", True, "Also size and time a random 26 x 100k-table model.")
-flags.DEFINE_float("max_load", 2.5, "Flag timing rounds whose 1-minute load average exceeds it.")
-flags.DEFINE_string("work_dir", "", "Scratch directory (default: a temporary one).")
+
+def define_flags() -> None:
+  """Defines the flags (only when run as a script, so importing this module is side-effect free)."""
+  flags.DEFINE_string("output", "docs/quantized_serving.md", "Generated page to write.")
+  flags.DEFINE_string("data", None, "Raw Criteo sample (default: ../shared/data/criteo/"
+                      "criteo_kaggle_train_first10k.tsv beside the checkout).")
+  flags.DEFINE_list("formats", ["int8", "int8-bf16mlp", "int4"],
+                    f"Quantized formats against float32: {', '.join(list(FORMATS)[1:])}.")
+  flags.DEFINE_integer("seeds", 3, "Models trained on the real sample (seeds 0..N-1).")
+  flags.DEFINE_integer("epochs", 1, "Training epochs on the real sample.")
+  flags.DEFINE_list("batch_sizes", ["1", "128", "8192"], "Inference batch sizes timed.")
+  flags.DEFINE_integer("rounds", 5, "Timing rounds (each calls every artifact in turn).")
+  flags.DEFINE_float("seconds", 1.0, "Seconds of calls per artifact, batch size and round.")
+  flags.DEFINE_bool("large_tables", True, "Also size and time a random 26 x 100k-table model.")
+  flags.DEFINE_float("max_load", 2.5, "Flag timing rounds whose 1-minute load average exceeds it.")
+  flags.DEFINE_string("work_dir", "", "Scratch directory (default: a temporary one).")
 
 
 def load_average() -> float:
@@ -297,4 +300,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

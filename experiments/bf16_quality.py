@@ -21,13 +21,16 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("output", "docs/bf16_quality.md", "Generated page to write.")
-flags.DEFINE_string("data", None, "Raw Criteo sample (default: ../shared/data/criteo/"
-                    "criteo_kaggle_train_first10k.tsv beside the checkout).")
-flags.DEFINE_integer("seeds", 3, "Seeds per dataset (0..N-1).")
-flags.DEFINE_integer("synthetic_rows", 50_000, "Rows of the synthetic dataset.")
-flags.DEFINE_integer("epochs", 1, "Training epochs.")
-flags.DEFINE_float("tolerance", 0.002, "The largest |ΔAUC| that counts as no change.")
+
+def define_flags() -> None:
+  """Defines the flags (only when run as a script, so importing this module is side-effect free)."""
+  flags.DEFINE_string("output", "docs/bf16_quality.md", "Generated page to write.")
+  flags.DEFINE_string("data", None, "Raw Criteo sample (default: ../shared/data/criteo/"
+                      "criteo_kaggle_train_first10k.tsv beside the checkout).")
+  flags.DEFINE_integer("seeds", 3, "Seeds per dataset (0..N-1).")
+  flags.DEFINE_integer("synthetic_rows", 50_000, "Rows of the synthetic dataset.")
+  flags.DEFINE_integer("epochs", 1, "Training epochs.")
+  flags.DEFINE_float("tolerance", 0.002, "The largest |ΔAUC| that counts as no change.")
 
 
 def train_auc(source: str, compute_dtype: str, seed: int, epochs: int, synthetic_rows: int,
@@ -85,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -34,13 +34,17 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("output", "docs/step_profile.md", "Generated page to write.")
-flags.DEFINE_list("compute_dtypes", ["float32", "bfloat16"], "MLP matmul dtypes profiled.")
-flags.DEFINE_list("batch_sizes", ["2048", "128"], "Batch sizes profiled.")
-flags.DEFINE_enum("tables", "100k", ["100k", "kaggle"], "Table set (as experiments.benchmark).")
-flags.DEFINE_integer("steps", 20, "Train steps traced per configuration.")
-flags.DEFINE_integer("top", 12, "Ops listed per configuration.")
-flags.DEFINE_bool("cpu_kernels", True, "Fused CPU kernels (as experiments.benchmark).")
+
+def define_flags() -> None:
+  """Defines the flags (only when run as a script, so importing this module is side-effect free)."""
+  flags.DEFINE_string("output", "docs/step_profile.md", "Generated page to write.")
+  flags.DEFINE_list("compute_dtypes", ["float32", "bfloat16"], "MLP matmul dtypes profiled.")
+  flags.DEFINE_list("batch_sizes", ["2048", "128"], "Batch sizes profiled.")
+  flags.DEFINE_enum("tables", "100k", ["100k", "kaggle"], "Table set (as experiments.benchmark).")
+  flags.DEFINE_integer("steps", 20, "Train steps traced per configuration.")
+  flags.DEFINE_integer("top", 12, "Ops listed per configuration.")
+  flags.DEFINE_bool("cpu_kernels", True, "Fused CPU kernels (as experiments.benchmark).")
+
 
 CATEGORIES = ("matmul", "kernel", "gather", "scatter", "sort", "reduce", "copy", "elementwise")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
@@ -225,4 +229,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
