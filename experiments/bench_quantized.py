@@ -26,7 +26,9 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -240,9 +242,7 @@ def render(results: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   unknown = [n for n in FLAGS.formats if n not in FORMATS or n == "float32"]
   if unknown:
     print(f"error: --formats: unknown {unknown}; choose from {list(FORMATS)[1:]}",
@@ -301,4 +301,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

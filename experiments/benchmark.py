@@ -45,7 +45,10 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
+from experiments.cli import FlagError
 
 from jaxrec import provenance
 
@@ -100,10 +103,6 @@ def table_sizes(tables: str) -> tuple[int, ...]:
 RECORD_KEYS = ("workload", "model", "batch_size", "tables", "rank_fraction", "examples_per_sec",
                "compile_seconds", "peak_rss_bytes", "flops_per_example", "fraction_of_peak",
                "device")
-
-
-class FlagError(ValueError):
-  """A bad flag value: reported in one line, exit code 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -578,9 +577,7 @@ def format_row(r: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   try:
     config = config_from_flags()
   except FlagError as e:
@@ -597,4 +594,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -17,7 +17,9 @@ import os
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -61,9 +63,7 @@ def render(rows: list[dict], tolerance: float) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   data = FLAGS.data or os.path.join(os.path.dirname(repo), "shared", "data", "criteo",
                                     "criteo_kaggle_train_first10k.tsv")
@@ -89,4 +89,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -25,8 +25,9 @@ import shutil
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from experiments import cli
 from jaxrec.models.registry import MODELS
 
 FLAGS = flags.FLAGS
@@ -108,9 +109,7 @@ def _fmt(values, digits):
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   from jaxrec.train.loop import train_and_evaluate
   from experiments.attention_heatmap import write_attention_report
 
@@ -183,4 +182,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  cli.run(main)

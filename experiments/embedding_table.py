@@ -27,7 +27,9 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Where runs, the table and results.json go.",
@@ -104,9 +106,7 @@ def format_table(records: list[dict]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   from jaxrec.models.size import comparison_configs
   from jaxrec.layers.embeddings import EmbeddingConfig
   from jaxrec.train.loop import TrainConfig
@@ -141,4 +141,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -37,9 +39,7 @@ flags.DEFINE_enum("quantize_mlp", "auto", ["auto", "float32", "bfloat16", "int8"
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   if not FLAGS.checkpoint or not FLAGS.output:
     print("error: --checkpoint and --output are required", file=sys.stderr)
     sys.exit(2)
@@ -74,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -24,7 +24,9 @@ import os
 import shutil
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from experiments import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CRITEO = os.path.join(os.path.dirname(REPO), "shared", "data", "criteo",
@@ -149,4 +151,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

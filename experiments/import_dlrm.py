@@ -21,7 +21,10 @@ from __future__ import annotations
 import hashlib
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
+from experiments.cli import FlagError
 
 FLAGS = flags.FLAGS
 
@@ -40,10 +43,6 @@ flags.DEFINE_bool("allow_pickle", False,
                   "Unpickle objects beyond tensors (runs code from the file: trusted files only).")
 flags.DEFINE_integer("verify_rows", 256, "Random rows of the parity check (0: skip it).")
 flags.DEFINE_float("tolerance", 1e-5, "Largest accepted |probability difference| in the check.")
-
-
-class FlagError(ValueError):
-  """A bad flag value: reported in one line, exit code 2."""
 
 
 def options_from_flags():
@@ -89,9 +88,7 @@ def _sha256(path: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   from jaxrec.interop import dlrm_reference as ref
   try:
     options = options_from_flags()
@@ -129,4 +126,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -32,9 +34,7 @@ flags.DEFINE_integer("days", 0, "Cut the rows into this many consecutive files d
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   if (not FLAGS.output or FLAGS.rows < 1 or FLAGS.cardinality_scale <= 0 or FLAGS.max_vocab < 0
       or not 0 <= FLAGS.days <= FLAGS.rows):
     print("error: need --output, --rows >= 1, --cardinality_scale > 0, --max_vocab >= 0,"
@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 from experiments import embedding_flags
 from experiments.train import FlagError, parse_layers  # also defines --model, --embedding_dim, ...
@@ -74,9 +76,7 @@ def _architecture(preset):
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   if FLAGS.report and not FLAGS.compare:
     print("error: --report writes the --compare table: pass --compare too", file=sys.stderr)
     sys.exit(2)
@@ -134,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,7 +13,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Run directory (holds history.jsonl).")
@@ -76,9 +78,7 @@ def plot_curves(run: str, output: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   if not FLAGS.run or not os.path.exists(os.path.join(FLAGS.run, "history.jsonl")):
     print(f"error: --run={FLAGS.run!r}: no history.jsonl there (a run directory of"
           " experiments.train)", file=sys.stderr)
@@ -87,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -16,7 +16,9 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -28,9 +30,7 @@ flags.DEFINE_string("metrics_output", "", "Also write the summary (and metrics) 
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   for name in ("checkpoint", "input", "output"):
     if not getattr(FLAGS, name):
       print(f"error: --{name} is required", file=sys.stderr)
@@ -81,4 +81,4 @@ if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
   import logging as std_logging
   std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # backend probing noise
-  app.run(main)
+  cli.run(main)

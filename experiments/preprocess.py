@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -55,9 +57,7 @@ flags.DEFINE_integer("dask_workers", 0, "Worker processes of the local Dask clus
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   from jaxrec.data.criteo import CriteoFormatError
   from jaxrec.data.preprocess import (PreprocessConfig, parse_split, parse_vocabulary,
                                        preprocess)
@@ -102,4 +102,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)

@@ -25,7 +25,9 @@ import time
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Where the report, plots and runs go.", required=True)
@@ -180,4 +182,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)

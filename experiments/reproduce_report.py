@@ -363,9 +363,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
+
+  from experiments import cli
   flags.DEFINE_string("results", "docs/reproduce/results.json",
                       "results.json written by experiments.reproduce.")
   flags.DEFINE_bool("readme", False, "Also rewrite the README's results block.")
   flags.DEFINE_string("readme_path", "README.md", "The README whose block --readme rewrites.")
-  app.run(main)
+  cli.run(main)

@@ -30,7 +30,9 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 
@@ -202,9 +204,7 @@ def render(results: list[dict], top: int) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   try:
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   except ValueError:
@@ -230,4 +230,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

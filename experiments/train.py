@@ -11,13 +11,17 @@ checkpoints/ to --output_dir.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from experiments import cli
+from experiments.cli import FlagError, parse_flags  # noqa: F401 (tests call train.parse_flags)
 
 from experiments import embedding_flags  # defines --embedding, --hash_buckets, --qr_*, --md_*
 
@@ -140,9 +144,38 @@ flags.DEFINE_enum("on_nonfinite", "stop", ["stop", "skip"],
                   "A NaN/Inf loss or gradient: stop naming the step (the last good checkpoint is"
                   " kept), or skip the batch and count it (metrics.json: skipped_nonfinite_batches).")
 
+# ModelConfig fields whose flag has another name (kept: the README and issues use them).
+MODEL_FLAG_ALIASES = {"name": "model", "self_interaction": "interaction_itself"}
 
-class FlagError(ValueError):
-  """A bad flag value or combination: reported in one line, exit code 2."""
+
+def _define_model_flags() -> None:
+  """A flag for every registered model's config field that has no hand-written one, so a
+  model added to the registry is configurable from the command line (e.g. autoint's
+  --attention_heads). Types: int, float, bool, str; tuples as dash-separated integers;
+  `int | None` as an integer with 0 = None."""
+  from jaxrec.models import registry
+  for field in dataclasses.fields(registry.ModelConfig):
+    name = MODEL_FLAG_ALIASES.get(field.name, field.name)
+    if name in FLAGS:
+      continue
+    users = ", ".join(e.name for e in registry.MODELS.values()
+                      if field.name in {f.name for f in dataclasses.fields(e.config)})
+    help_text = f"Model config field {field.name} ({users})."
+    kind = str(field.type)
+    if kind.startswith("tuple"):
+      flags.DEFINE_string(name, "-".join(map(str, field.default)), help_text + " Dash-separated.")
+    elif kind == "bool":
+      flags.DEFINE_bool(name, field.default, help_text)
+    elif kind.startswith("int"):
+      flags.DEFINE_integer(name, field.default or 0, help_text + (
+          " 0 = None." if kind.endswith("| None") else ""))
+    elif kind == "float":
+      flags.DEFINE_float(name, field.default, help_text)
+    else:
+      flags.DEFINE_string(name, field.default, help_text)
+
+
+_define_model_flags()
 
 
 def parse_layers(name: str, value: str) -> tuple[int, ...]:
@@ -211,7 +244,7 @@ def config_from_flags():
   from jaxrec.train.loop import TrainConfig
 
   if FLAGS.model not in MODELS:
-    raise FlagError(f"--model={FLAGS.model!r}: unknown model; choose from {', '.join(sorted(MODELS))}")
+    raise FlagError(f"--model={FLAGS.model!r}: unknown model; choose from {', '.join(MODELS)}")
   if FLAGS.data != "synthetic":
     for path in FLAGS.data.split(","):
       if not os.path.exists(path):
@@ -270,37 +303,12 @@ def config_from_flags():
   if len(split) != 3 or not all(map(math.isfinite, split)) or any(s < 0 for s in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
     raise FlagError(f"--split={','.join(FLAGS.split)}: need three non-negative fractions"
                     " summing to 1 with a non-empty train split")
-  bottom = parse_layers("bottom_mlp", FLAGS.bottom_mlp)
-  top = parse_layers("top_mlp", FLAGS.top_mlp)
-  if top[-1] != 1:
-    raise FlagError(f"--top_mlp={FLAGS.top_mlp}: the last layer must have 1 output")
-  if FLAGS.model == "dlrm" and FLAGS.interaction == "dot" and bottom[-1] != FLAGS.embedding_dim:
-    raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
-                    f"{FLAGS.embedding_dim} for the dot interaction")
-  if FLAGS.attention_factor < 1:
-    raise FlagError(f"--attention_factor={FLAGS.attention_factor}: must be >= 1")
-  if not 0.0 <= FLAGS.dropout < 1.0:
-    raise FlagError(f"--dropout={FLAGS.dropout}: must be in [0, 1)")
-  if FLAGS.attention_l2 < 0:
-    raise FlagError(f"--attention_l2={FLAGS.attention_l2}: must be >= 0")
   if FLAGS.attention_heatmap and FLAGS.model not in ("afm", "afm_classic"):
     raise FlagError(f"--attention_heatmap: --model={FLAGS.model} has no learned attention"
                     " (use afm or afm_classic)")
-  if FLAGS.model == "afm" and bottom[-1] != FLAGS.embedding_dim:
-    raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
-                    f"{FLAGS.embedding_dim} for afm")
-  deep = parse_layers("deep_mlp", FLAGS.deep_mlp)
-  if FLAGS.cross_layers < 0 or FLAGS.cross_rank < 0:
-    raise FlagError(f"--cross_layers={FLAGS.cross_layers} / --cross_rank={FLAGS.cross_rank}:"
-                    " must be >= 0")
-  if FLAGS.model == "dlrm_dcn" and bottom[-1] != FLAGS.embedding_dim:
-    raise FlagError(f"--bottom_mlp={FLAGS.bottom_mlp} must end in --embedding_dim="
-                    f"{FLAGS.embedding_dim} for dlrm_dcn")
   if FLAGS.resume and not FLAGS.output_dir:
     raise FlagError("--resume needs --output_dir (the run to continue)")
   mesh = parse_mesh(FLAGS.mesh, FLAGS.batch_size)
-  if FLAGS.interaction_itself and FLAGS.interaction != "dot":
-    raise FlagError("--interaction_itself only applies to --interaction=dot")
   check_output_dir(FLAGS.output_dir, FLAGS.resume)
 
   factorize = factorize_from_flags()
@@ -312,18 +320,7 @@ def config_from_flags():
                     split_mode=split_mode, on_bad_row=FLAGS.on_bad_row,
                     max_rows_per_table=max_rows_from_flag(FLAGS.schema, FLAGS.max_rows_per_table),
                     cache_dir=FLAGS.cache_dir)
-  model = ModelConfig(name=FLAGS.model, bottom_mlp=bottom, top_mlp=top,
-                      interaction=FLAGS.interaction, self_interaction=FLAGS.interaction_itself,
-                      compute_dtype=FLAGS.compute_dtype, attention_factor=FLAGS.attention_factor,
-                      dropout=FLAGS.dropout, attention_l2=FLAGS.attention_l2,
-                      cross_layers=FLAGS.cross_layers, cross_rank=FLAGS.cross_rank or None,
-                      dcn_structure=FLAGS.dcn_structure, deep_mlp=deep,
-                      cpu_kernels=None if FLAGS.cpu_kernels else False)
-  try:
-    embedding = embedding_config_for(
-        model, embedding_flags.embedding_config_from_flags(FLAGS.embedding_dim))
-  except ValueError as e:
-    raise FlagError(str(e)) from None
+  model, embedding = model_and_embedding_from_flags()
   return TrainConfig(
       model=model, embedding=embedding, data=data, optimizer=optimizer,
       learning_rate=learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
@@ -336,6 +333,40 @@ def config_from_flags():
       early_stopping_patience=patience, factorize=factorize, mesh=mesh,
       on_nonfinite=FLAGS.on_nonfinite, steps_per_call=FLAGS.steps_per_call,
       device_memory_gb=FLAGS.device_memory_gb or None)
+
+
+def _model_flag_value(field):
+  """The flag value of ModelConfig field `field`, converted to the field's type."""
+  value = getattr(FLAGS, MODEL_FLAG_ALIASES.get(field.name, field.name))
+  if field.name == "cpu_kernels":
+    return None if value else False  # --cpu_kernels: where they run / never
+  if str(field.type).startswith("tuple"):
+    return parse_layers(field.name, value)
+  if str(field.type).endswith("| None"):
+    return value or None  # 0 = None (e.g. --cross_rank=0: full rank)
+  return value
+
+
+def model_and_embedding_from_flags():
+  """ModelConfig and EmbeddingConfig from the flags, validated by the configs and by building
+  the network abstractly (jax.eval_shape, before any data is read)."""
+  import jax
+  from jaxrec.models.ctr_model import CTRModel
+  from jaxrec.models.registry import ModelConfig, embedding_config_for
+
+  fields = dataclasses.fields(ModelConfig)
+  try:
+    model = ModelConfig(**{f.name: _model_flag_value(f) for f in fields})
+    embedding = embedding_config_for(
+        model, embedding_flags.embedding_config_from_flags(FLAGS.embedding_dim))
+    network = CTRModel.create(model, embedding, (2,) * 26)
+    jax.eval_shape(network.init, jax.random.key(0))
+  except ValueError as e:
+    first = str(e).split(" ", 1)[0]
+    named = {f.name for f in fields}
+    flag = MODEL_FLAG_ALIASES.get(first, first) if first in named else f"model={FLAGS.model}"
+    raise FlagError(f"--{flag}: {e}") from None
+  return model, embedding
 
 
 def factorize_from_flags():
@@ -381,15 +412,6 @@ def check_output_dir(output_dir: str | None, resume: bool) -> None:
     raise FlagError(f"--output_dir={output_dir} already holds a run (checkpoint at step"
                     f" {max(map(int, steps))}); pass --resume to continue it or choose a new"
                     " --output_dir")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 def summary(metrics: dict, output_dir: str) -> str:
@@ -438,15 +460,12 @@ def _maybe_profile(profile_dir: str | None):
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+  cli.check_no_arguments(argv)
   try:
     config = config_from_flags()
     init_distributed()
   except FlagError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   output_dir = FLAGS.output_dir or os.path.join(
       "runs", f"{FLAGS.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   from experiments.debug_hooks import kill_hook_from_env
@@ -465,14 +484,12 @@ def main(argv):
       metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end,
                                    on_event=kill_hook_from_env())
   except (CriteoFormatError, ResumeError, MeshError, PreprocessWaitError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   except NonFiniteError as e:  # not a usage error: exit code 1
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(e, code=1)
   print(summary(metrics, output_dir))
 
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -51,7 +51,9 @@ import tempfile
 import time
 from typing import Callable, Sequence
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 from experiments.benchmark import table_sizes
 from jaxrec import provenance
@@ -433,4 +435,4 @@ def define_flags():
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

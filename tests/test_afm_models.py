@@ -130,10 +130,10 @@ def test_cli_afm_on_real_sample_writes_metrics_and_heatmap(tmp_path, criteo_kagg
   assert json.load(open(out / "config.json"))["embedding"]["first_order"] is True
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--dropout=1.0", "--dropout"),
-    ("--attention_heatmap", "no learned attention"),
+@pytest.mark.parametrize("flags, message", [
+    (("--model=afm", "--dropout=1.0"), "--dropout: dropout must be in [0, 1)"),
+    (("--attention_heatmap",), "no learned attention"),
 ])
-def test_cli_rejects_bad_afm_flags(flag, message):
-  proc = _run_cli(flag)
+def test_cli_rejects_bad_afm_flags(flags, message):
+  proc = _run_cli(*flags)
   assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
