@@ -225,6 +225,44 @@ def _restore_selected(checkpointer: Checkpointer, state: TrainState, step: int,
   return restored, chosen
 
 
+def make_training(config: TrainConfig, model: CTRModel, dense_tx, table_opt,
+                  dropout_key: jax.Array):
+  """The run's `Training` (one device) or `ShardedTraining` (config.mesh), after checking,
+  before anything is allocated, that its state fits the device memory."""
+  regularizer = build_regularizer(config.model)
+  if config.mesh is None:
+    training = Training(model, dense_tx, table_opt, dropout_key, regularizer)
+    abstract = jax.eval_shape(training.init_state, jax.random.key(0))
+    total_bytes, _ = sharding_lib.state_bytes_per_device(abstract)
+    logging.info("train state %.3f GiB on one device; host RSS before allocating %.3f GiB",
+                 total_bytes / 2**30, sharding_lib.host_rss_bytes() / 2**30)
+    sharding_lib.check_fits(abstract, sharding_lib.device_memory_bytes(
+        jax.devices()[0], config.device_memory_gb), "one device (no --mesh)")
+    return training
+  from jaxrec.train.sharded_step import ShardedTraining  # several devices
+  training = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
+                                      batch_size=config.batch_size, regularizer=regularizer)
+  logging.info("%s", training.memory_report())
+  sharding_lib.check_fits(training.abstract_state(), sharding_lib.device_memory_bytes(
+      training.mesh.devices.flat[0], config.device_memory_gb), f"--mesh={config.mesh}",
+      config.mesh.model)
+  return training
+
+
+def size_report(model: CTRModel, training, state: TrainState) -> dict:
+  """metrics.json's parameter counts and bytes of the trained state (real table rows only)."""
+  tables = {name: jax.ShapeDtypeStruct((training.logical_rows[name],) + t.shape[1:], t.dtype)
+            for name, t in state.tables.items()}  # without a mesh's padding rows
+  variables = {"params": state.params, "tables": tables}
+  return {
+      "param_count": param_count(variables),
+      "param_bytes": param_bytes(variables),
+      # tables plus any embedding-owned dense params (mixed_dim projections)
+      "embedding_param_count": model.layout.param_count(),
+      "dense_param_count": param_count(variables) - model.layout.param_count(),
+  }
+
+
 def _writer() -> bool:
   """Multi-host runs write reports from process 0 only (orbax coordinates checkpoints)."""
   return jax.process_index() == 0
@@ -332,23 +370,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     total_steps = min(total_steps, config.max_steps)
   dense_tx, table_opt, dense_rate, table_rate = build_optimizers(config, total_steps)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-  regularizer = build_regularizer(config.model)
-  if config.mesh is None:
-    training = Training(model, dense_tx, table_opt, dropout_key, regularizer)
-    abstract = jax.eval_shape(training.init_state, init_key)
-    total_bytes, _ = sharding_lib.state_bytes_per_device(abstract)
-    logging.info("train state %.3f GiB on one device; host RSS before allocating %.3f GiB",
-                 total_bytes / 2**30, sharding_lib.host_rss_bytes() / 2**30)
-    sharding_lib.check_fits(abstract, sharding_lib.device_memory_bytes(
-        jax.devices()[0], config.device_memory_gb), "one device (no --mesh)")
-  else:  # several devices; see jaxrec.train.sharded_step
-    from jaxrec.train.sharded_step import ShardedTraining
-    training = ShardedTraining.for_mesh(config.mesh, model, dense_tx, table_opt, dropout_key,
-                                        batch_size=config.batch_size, regularizer=regularizer)
-    logging.info("%s", training.memory_report())  # before anything is allocated
-    sharding_lib.check_fits(training.abstract_state(), sharding_lib.device_memory_bytes(
-        training.mesh.devices.flat[0], config.device_memory_gb), f"--mesh={config.mesh}",
-        config.mesh.model)
+  training = make_training(config, model, dense_tx, table_opt, dropout_key)
   batch_sharding = training.batch_sharding
   eval_batch_size = training.round_batch(config.eval_batch_size)
   state = training.init_state(init_key)
@@ -544,9 +566,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
     np.savez_compressed(os.path.join(workdir, "test_predictions.npz"), prob=probs,
                         label=splits.test.label)
   variables = {"params": state.params, "tables": state.tables}
-  tables = state.tables if config.mesh is None else {  # real rows, without the padding
-      name: jax.ShapeDtypeStruct((training.logical_rows[name],) + t.shape[1:], t.dtype)
-      for name, t in state.tables.items()}
   report = {
       "model": config.model.name,
       "embedding": config.embedding.kind,
@@ -562,11 +581,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       **selected.report(),
       "skipped_nonfinite_batches": monitor.skipped,
       "epochs": config.epochs,
-      "param_count": param_count({**variables, "tables": tables}),
-      "param_bytes": param_bytes({**variables, "tables": tables}),
-      # tables plus any embedding-owned dense params (mixed_dim projections)
-      "embedding_param_count": model.layout.param_count(),
-      "dense_param_count": param_count({**variables, "tables": tables}) - model.layout.param_count(),
+      **size_report(model, training, state),
       "train_seconds": train_seconds + compile_seconds,
       "compile_seconds": compile_seconds,
       "train_examples_per_sec": timed_examples / max(train_seconds, 1e-9),

@@ -206,6 +206,7 @@ class Training:
       (one step per leading-axis slice).
     predict: jitted `(params, tables, dense, cat) -> probabilities`.
     batch_sharding: where batches go (None: the default device).
+    logical_rows: real rows of each stacked table (a mesh pads them).
     stack_batches: jitted `stack_batches`, placed for `multi_train_step`.
   """
 
@@ -213,6 +214,7 @@ class Training:
                table_opt: sparse.SparseOptimizer, dropout_key: jax.Array,
                regularizer: Regularizer | None = None):
     self.model, self.dense_tx, self.table_opt = model, dense_tx, table_opt
+    self.logical_rows = {name: shape[0] for name, shape in model.layout.table_shapes().items()}
     self.train_step = make_train_step(model, dense_tx, table_opt, dropout_key, regularizer)
     self.multi_train_step = make_multi_train_step(model, dense_tx, table_opt, dropout_key,
                                                   regularizer)
