@@ -50,7 +50,8 @@ flags.DEFINE_integer("max_rows_per_table", 0,
 flags.DEFINE_string("cache_dir", None,
                     "Where raw --data files are preprocessed (default $JAXREC_CACHE_DIR or"
                     " ~/.cache/jaxrec).")
-flags.DEFINE_integer("epochs", 1, "Passes over the training split.")
+flags.DEFINE_integer("epochs", 8, "Passes over the training split (an upper bound with"
+                     " --early_stopping_patience).")
 flags.DEFINE_integer("max_steps", 0, "Stop after this many steps (0 = all epochs).")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("eval_batch_size", 8192, "Evaluation batch size.")
@@ -63,7 +64,8 @@ flags.DEFINE_enum("optimizer", None, ["sgd", "adam", "adagrad"],
 flags.DEFINE_enum("embedding_optimizer", "auto", ["auto", "sgd", "rowwise_adagrad"],
                   "Sparse table optimizer; auto = sgd with --optimizer=sgd, else rowwise_adagrad.")
 flags.DEFINE_float("embedding_learning_rate", 0.0,
-                   "Table learning rate (0 = --learning_rate).")
+                   "Table learning rate (0 = --learning_rate when given, else the optimizer's"
+                   " default table rate: 0.05 for adagrad, the dense rate otherwise).")
 flags.DEFINE_enum("lr_schedule", "constant", ["constant", "warmup_decay", "warmup_cosine"],
                   "Learning-rate schedule of dense and table rates alike: warmup_decay is the DLRM"
                   " reference's (linear warm-up, then polynomial decay from --decay_start_step);"
@@ -101,7 +103,7 @@ flags.DEFINE_enum("select_metric", "logloss", ["logloss", "auc", "last"],
                   "Validation metric that selects the reported model: its best evaluation is"
                   " checkpointed (kept beside the latest ones) and tested, exported and served;"
                   " last = no selection, the final model.")
-flags.DEFINE_integer("early_stopping_patience", 0,
+flags.DEFINE_integer("early_stopping_patience", 2,
                      "Stop after N validation evaluations without a better --select_metric"
                      " (--epochs becomes an upper bound); 0 = train all epochs.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (0 = each epoch).")
@@ -239,7 +241,8 @@ def max_rows_from_flag(schema_spec: str, max_rows: int) -> int | None:
 def config_from_flags():
   """Validated flags -> TrainConfig. Raises FlagError with a one-line message."""
   from jaxrec.data.sources import DataConfig
-  from jaxrec.models.registry import (DEFAULT_LEARNING_RATE, MODELS, ModelConfig,
+  from jaxrec.models.registry import (DEFAULT_EMBEDDING_LEARNING_RATE, DEFAULT_LEARNING_RATE,
+                                      MODELS, ModelConfig,
                                       default_optimizer, embedding_config_for)
   from jaxrec.train.loop import TrainConfig
 
@@ -265,8 +268,11 @@ def config_from_flags():
   optimizer, learning_rate = default_optimizer(FLAGS.model)
   if FLAGS.optimizer is not None:
     optimizer, learning_rate = FLAGS.optimizer, DEFAULT_LEARNING_RATE[FLAGS.optimizer]
+  embedding_learning_rate = FLAGS.embedding_learning_rate or None
   if FLAGS.learning_rate is not None:
     learning_rate = FLAGS.learning_rate
+  elif embedding_learning_rate is None and FLAGS.embedding_optimizer != "sgd":
+    embedding_learning_rate = DEFAULT_EMBEDDING_LEARNING_RATE.get(optimizer)
   if not (math.isfinite(learning_rate) and math.isfinite(FLAGS.embedding_learning_rate)) \
       or learning_rate <= 0 or FLAGS.embedding_learning_rate < 0:
     raise FlagError("--learning_rate must be > 0 and --embedding_learning_rate >= 0 (finite)")
@@ -324,7 +330,7 @@ def config_from_flags():
   return TrainConfig(
       model=model, embedding=embedding, data=data, optimizer=optimizer,
       learning_rate=learning_rate, embedding_optimizer=FLAGS.embedding_optimizer,
-      embedding_learning_rate=FLAGS.embedding_learning_rate or None, lr_schedule=lr_schedule,
+      embedding_learning_rate=embedding_learning_rate, lr_schedule=lr_schedule,
       negative_sampling_rate=FLAGS.negative_sampling_rate,
       batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size, epochs=FLAGS.epochs,
       max_steps=FLAGS.max_steps or None, eval_every=FLAGS.eval_every, log_every=FLAGS.log_every,

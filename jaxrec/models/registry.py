@@ -32,6 +32,8 @@ Builder = Callable[[Any, EmbeddingLayout, "NetworkOptions"], nn.Module]
 RegularizerFactory = Callable[[Any], Callable | None]
 
 DEFAULT_LEARNING_RATE = {"sgd": 0.1, "adam": 1e-3, "adagrad": 0.01}
+# Table learning rate paired with a dense optimizer's default rate (others: the same rate).
+DEFAULT_EMBEDDING_LEARNING_RATE = {"adagrad": 0.05}
 
 
 @dataclasses.dataclass(frozen=True)
