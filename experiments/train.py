@@ -65,7 +65,7 @@ flags.DEFINE_enum("embedding_optimizer", "auto", ["auto", "sgd", "rowwise_adagra
                   "Sparse table optimizer; auto = sgd with --optimizer=sgd, else rowwise_adagrad.")
 flags.DEFINE_float("embedding_learning_rate", 0.0,
                    "Table learning rate (0 = --learning_rate when given, else the optimizer's"
-                   " default table rate: 0.05 for adagrad, the dense rate otherwise).")
+                   " default table rate: 0.02 for adagrad, the dense rate otherwise).")
 flags.DEFINE_enum("lr_schedule", "constant", ["constant", "warmup_decay", "warmup_cosine"],
                   "Learning-rate schedule of dense and table rates alike: warmup_decay is the DLRM"
                   " reference's (linear warm-up, then polynomial decay from --decay_start_step);"

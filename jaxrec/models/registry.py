@@ -33,7 +33,7 @@ RegularizerFactory = Callable[[Any], Callable | None]
 
 DEFAULT_LEARNING_RATE = {"sgd": 0.1, "adam": 1e-3, "adagrad": 0.01}
 # Table learning rate paired with a dense optimizer's default rate (others: the same rate).
-DEFAULT_EMBEDDING_LEARNING_RATE = {"adagrad": 0.05}
+DEFAULT_EMBEDDING_LEARNING_RATE = {"adagrad": 0.02}
 
 
 @dataclasses.dataclass(frozen=True)
