@@ -12,6 +12,7 @@ SHARED_DATA = os.environ.get("JAXREC_SHARED_DATA",
                              os.path.join(os.path.dirname(REPO), "shared", "data"))
 CRITEO_KAGGLE_10K = os.path.join(SHARED_DATA, "criteo", "criteo_kaggle_train_first10k.tsv")
 CRITEO_1TB_1K = os.path.join(SHARED_DATA, "criteo", "criteo_1tb_day0_first1k.tsv")
+AVAZU_10K = os.path.join(SHARED_DATA, "avazu", "avazu_train_first9999.csv")
 
 
 def run_train_cli(*args: str) -> subprocess.CompletedProcess:
@@ -32,3 +33,10 @@ def criteo_1tb_path():
   if not os.path.exists(CRITEO_1TB_1K):
     pytest.skip("real Criteo Terabyte sample not present (../shared/data/criteo)")
   return CRITEO_1TB_1K
+
+
+@pytest.fixture
+def avazu_path():
+  if not os.path.exists(AVAZU_10K):
+    pytest.skip("real Avazu sample not present (../shared/data/avazu)")
+  return AVAZU_10K
