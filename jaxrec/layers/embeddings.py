@@ -34,6 +34,19 @@ Strategies (`EmbeddingConfig.kind`):
   (``projection_dim{k}`` in `FieldEmbeddings`); width-d columns stay in
   ``embedding``.
 
+Multi-hot (bag) fields: with ``bag_lengths``, field j owns ``bag_lengths[j]``
+consecutive slots of ``cat`` (unused slots hold a negative id). `row_ids` gives
+every slot its row (unused slots: `PAD_ROW`, past every table, so the gather
+returns zeros and the sparse update drops them); `EmbeddingLayout.pool` sums (or
+averages) each field's gathered rows into one row, after the gather and inside the
+differentiated function, so the gradient reaches every gathered row and duplicate
+ids are summed by the sparse update like any other. An empty bag pools to zero.
+
+Row ids are int32 while every stacked table has fewer than 2^31 - 1 rows, else
+int64 (which needs JAX's 64-bit mode, ``JAX_ENABLE_X64=1``; without it the
+layout refuses, naming the table). Offsets are computed in int64 on the host,
+so they never wrap.
+
 Optional ``first_order`` (every kind): a width-1 table of per-category scalars
 for FM/AFM first-order terms, gathered as ``rows["first_order"]`` ``[B, F,
 1]`` and indexed by the column's primary row: the category (full, mixed_dim,
@@ -164,7 +177,7 @@ class TableSpec:
 
   @property
   def offsets(self) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(self.rows)[:-1]]).astype(np.int32)
+    return np.concatenate([[0], np.cumsum(self.rows, dtype=np.int64)[:-1]]).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,12 +195,70 @@ class FieldGroup:
   width: int
 
 
+POOLINGS = ("sum", "mean")
+INT32_ROWS = (1 << 31) - 1  # ids of a table with more rows need int64
+
+
 @dataclasses.dataclass(frozen=True)
 class EmbeddingLayout:
-  """Stacked tables for given vocabulary sizes (hashable: a static jit argument)."""
+  """Stacked tables for given vocabulary sizes (hashable: a static jit argument).
+
+  bag_lengths: slots of each field in ``cat`` (None: one each); poolings: "sum"
+  or "mean" per field (None: all "sum").
+  """
 
   config: EmbeddingConfig
   vocab_sizes: tuple[int, ...]
+  bag_lengths: tuple[int, ...] | None = None
+  poolings: tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    if self.bag_lengths is not None and (len(self.bag_lengths) != len(self.vocab_sizes)
+                                         or min(self.bag_lengths) < 1):
+      raise ValueError(f"bag_lengths {self.bag_lengths}: need one length >= 1 per field")
+    if self.poolings is not None and (len(self.poolings) != len(self.vocab_sizes)
+                                      or not set(self.poolings) <= set(POOLINGS)):
+      raise ValueError(f"poolings {self.poolings}: need one of {POOLINGS} per field")
+
+  @property
+  def slots(self) -> tuple[int, ...]:
+    """Slots of each field in ``cat``."""
+    return self.bag_lengths or (1,) * self.num_fields
+
+  @property
+  def num_slots(self) -> int:
+    return int(sum(self.slots))
+
+  @property
+  def has_bags(self) -> bool:
+    return any(length != 1 for length in self.slots)
+
+  def _slot_index(self, fields: Sequence[int]) -> np.ndarray:
+    """The slots of `fields`, in order."""
+    starts = np.concatenate([[0], np.cumsum(self.slots)[:-1]])
+    return np.concatenate([np.arange(starts[j], starts[j] + self.slots[j]) for j in fields])
+
+  @functools.cached_property
+  def id_dtype(self):
+    """int32 while every table's rows (and `PAD_ROW`) fit it, else int64 (64-bit mode).
+
+    Raises:
+      ValueError naming the table when int64 is needed and JAX's 64-bit mode is off.
+    """
+    largest = max(self.tables, key=lambda t: t.num_rows)
+    if largest.num_rows < INT32_ROWS:
+      return jnp.int32
+    if not jax.config.jax_enable_x64:
+      raise ValueError(
+          f"embedding table {largest.name!r} stacks {largest.num_rows:,} rows: its row ids"
+          " pass int32 (2^31 - 1); run with JAX_ENABLE_X64=1 for int64 ids, or cap the"
+          " tables (--max_rows_per_table, --vocabulary=hash:N)")
+    return jnp.int64
+
+  @property
+  def pad_row(self) -> int:
+    """The row id of an unused slot: past every table (gathers zeros, updates nothing)."""
+    return int(jnp.iinfo(self.id_dtype).max)
 
   @property
   def num_fields(self) -> int:
@@ -219,7 +290,8 @@ class EmbeddingLayout:
 
   @property
   def offsets(self) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(self.rows_per_field)[:-1]]).astype(np.int32)
+    return np.concatenate([[0], np.cumsum(self.rows_per_field, dtype=np.int64)[:-1]]
+                          ).astype(np.int64)
 
   @functools.cached_property
   def tables(self) -> tuple[TableSpec, ...]:
@@ -324,17 +396,55 @@ class EmbeddingLayout:
     return tables
 
   def row_ids(self, cat: jax.Array) -> dict[str, jax.Array]:
-    """Global row of each (example, field) in every stacked table: int32 [B, fields]."""
-    cat = jnp.asarray(cat, jnp.int32)
+    """Global row of each (example, slot) in every stacked table: [B, slots of its fields].
+
+    int32 (or int64, see `id_dtype`); a negative id (an unused bag slot) -> `pad_row`.
+    """
+    dtype = self.id_dtype
+    cat = jnp.asarray(cat, dtype)
     ids = {}
     for spec in self.tables:  # a handful of stacked tables, not the 26 columns
-      col = cat if spec.fields == tuple(range(self.num_fields)) else cat[:, np.asarray(spec.fields)]
+      if self.has_bags:
+        slots = self._slot_index(spec.fields)
+        repeat = lambda values: np.repeat(np.asarray(values), [self.slots[j] for j in spec.fields])
+      else:
+        slots, repeat = np.asarray(spec.fields), np.asarray
+      col = cat if len(slots) == cat.shape[1] and (slots == np.arange(len(slots))).all()           else cat[:, slots]
       if any(d != 1 for d in spec.divisors):
-        col = col // jnp.asarray(spec.divisors, jnp.int32)
+        col = col // jnp.asarray(repeat(spec.divisors), dtype)
       if spec.moduli is not None:
-        col = col % jnp.asarray(spec.moduli, jnp.int32)
-      ids[spec.name] = col + jnp.asarray(spec.offsets)
+        col = col % jnp.asarray(repeat(spec.moduli), dtype)
+      row = col + jnp.asarray(repeat(spec.offsets), dtype)
+      ids[spec.name] = jnp.where(col < 0, self.pad_row, row) if self.has_bags else row
     return ids
+
+  def pool(self, rows: Mapping[str, jax.Array], cat: jax.Array) -> dict[str, jax.Array]:
+    """Gathered rows of every slot -> one row per field ({table: [B, fields, width]}).
+
+    A bag's rows are summed, or averaged over its used slots ("mean"); an empty
+    bag gives zeros. Identity when no field is a bag.
+    """
+    if not self.has_bags:
+      return dict(rows)
+    poolings = self.poolings or ("sum",) * self.num_fields
+    out = {}
+    for spec in self.tables:
+      if spec.name not in rows:
+        continue
+      x = rows[spec.name]
+      lengths = [self.slots[j] for j in spec.fields]
+      segment = np.repeat(np.arange(len(spec.fields)), lengths)
+      used = (jnp.asarray(cat)[:, self._slot_index(spec.fields)] >= 0).astype(x.dtype)
+      weights = used
+      mean = np.repeat([poolings[j] == "mean" for j in spec.fields], lengths)
+      if mean.any():
+        counts = jax.ops.segment_sum(used.T, segment, len(spec.fields),
+                                     indices_are_sorted=True).T  # [B, fields]
+        weights = jnp.where(mean, used / jnp.maximum(counts[:, segment], 1.0), used)
+      pooled = jax.ops.segment_sum(jnp.swapaxes(x * weights[..., None], 0, 1), segment,
+                                   len(spec.fields), indices_are_sorted=True)
+      out[spec.name] = jnp.swapaxes(pooled, 0, 1)
+    return out
 
 
 def projection_name(table: str) -> str:
@@ -362,8 +472,9 @@ def _init_table(key: jax.Array, spec: TableSpec) -> jax.Array:
 
 
 def lookup(tables: Tables, ids: RowIds) -> dict[str, jax.Array]:
-  """Gathers the rows a batch touches: {name: [B, L, width]}."""
-  return {name: jnp.take(tables[name], ids[name], axis=0) for name in ids}
+  """Gathers the rows a batch touches: {name: [B, L, width]} (zeros past a table's end)."""
+  return {name: jnp.take(tables[name], ids[name], axis=0, mode="fill", fill_value=0)
+          for name in ids}
 
 
 class FieldEmbeddings(nn.Module):

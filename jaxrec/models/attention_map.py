@@ -60,7 +60,7 @@ def make_attention_fn(model: CTRModel):
 
   @jax.jit
   def attention_sums(params, tables, dense, cat, mask):
-    rows = embeddings.lookup(tables, model.layout.row_ids(cat))
+    rows = model.layout.pool(embeddings.lookup(tables, model.layout.row_ids(cat)), cat)
     _, state = model.network.apply({"params": params}, dense, rows, train=False,
                                    mutable=["intermediates"])
     weights = _sown_attention(state.get("intermediates", {}))  # [B, P]

@@ -48,10 +48,16 @@ class CTRModel:
   @classmethod
   def create(cls, model_config: ModelConfig, embedding_config: EmbeddingConfig,
              vocab_sizes: tuple[int, ...], num_dense: int = 13,
-             negative_sampling_rate: float = 1.0) -> "CTRModel":
-    """The registered network `model_config.name` over tables of `vocab_sizes` rows."""
+             negative_sampling_rate: float = 1.0,
+             bag_lengths: tuple[int, ...] | None = None,
+             poolings: tuple[str, ...] | None = None) -> "CTRModel":
+    """The registered network `model_config.name` over tables of `vocab_sizes` rows
+    (multi-hot fields: `bag_lengths` slots each, pooled by `poolings`)."""
     embedding_config = embedding_config_for(model_config, embedding_config)
-    layout = EmbeddingLayout(embedding_config, tuple(int(v) for v in vocab_sizes))
+    layout = EmbeddingLayout(embedding_config, tuple(int(v) for v in vocab_sizes),
+                             None if bag_lengths is None else tuple(int(n) for n in bag_lengths),
+                             None if poolings is None else tuple(poolings))
+    layout.id_dtype  # pylint: disable=pointless-statement  # raises now if ids need int64
     return cls(build_network(model_config, layout), layout, num_dense,
                float(negative_sampling_rate))
 
@@ -60,16 +66,25 @@ class CTRModel:
     param_rng, table_rng, dropout_rng = jax.random.split(rng, 3)
     tables = self.layout.init_tables(table_rng)
     dense = jnp.zeros((2, self.num_dense), jnp.float32)
-    cat = jnp.zeros((2, self.layout.num_fields), jnp.int32)
-    rows = jax.eval_shape(embeddings.lookup, tables, self.layout.row_ids(cat))
+    cat = jnp.zeros((2, self.layout.num_slots), jnp.int32)
+    rows = jax.eval_shape(lambda t: self.layout.pool(
+        embeddings.lookup(t, self.layout.row_ids(cat)), cat), tables)
     rows = {k: jnp.zeros(v.shape, v.dtype) for k, v in rows.items()}
     params = self.network.init({"params": param_rng, "dropout": dropout_rng},
                                dense, rows, train=False)["params"]
     return {"params": params, "tables": tables}
 
-  def apply_rows(self, params, dense, rows, *, train=False, rngs=None) -> jax.Array:
+  def apply_rows(self, params, dense, rows, *, cat=None, train=False, rngs=None) -> jax.Array:
     """Logits from already-gathered rows (the differentiable part); at inference
-    corrected for negative down-sampling."""
+    corrected for negative down-sampling.
+
+    With multi-hot fields the rows are one per slot and `cat` (the batch's ids)
+    is needed to pool them (`EmbeddingLayout.pool`).
+    """
+    if self.layout.has_bags:
+      if cat is None:
+        raise ValueError("a layout with multi-hot fields pools its rows: pass cat=")
+      rows = self.layout.pool(rows, cat)
     logits = self.network.apply({"params": params}, dense, rows, train=train, rngs=rngs)
     if not train and self.negative_sampling_rate != 1.0:
       logits = logits + math.log(self.negative_sampling_rate)
@@ -79,7 +94,7 @@ class CTRModel:
             train: bool = False, rngs=None) -> jax.Array:
     """Logits [B] from dense features [B, 13] and categorical ids [B, 26]."""
     rows = embeddings.lookup(variables["tables"], self.layout.row_ids(cat))
-    return self.apply_rows(variables["params"], dense, rows, train=train, rngs=rngs)
+    return self.apply_rows(variables["params"], dense, rows, cat=cat, train=train, rngs=rngs)
 
 
 def param_count(tree) -> int:

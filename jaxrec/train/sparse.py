@@ -77,7 +77,7 @@ def sgd(learning_rate: LearningRate) -> SparseOptimizer:
     for name in ids:  # one entry per stacked table, not per column
       flat_ids, flat_grads = _flatten(ids[name], row_grads[name])
       new[name] = tables[name].at[flat_ids].add(
-          (-rate * flat_grads).astype(tables[name].dtype))
+          (-rate * flat_grads).astype(tables[name].dtype), mode="drop")
     return new, state
 
   return SparseOptimizer(init, update)

@@ -100,7 +100,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: CTRMode
   weight_sum = tables.total(jnp.sum(batch["mask"]))
 
   def loss_fn(params, rows):
-    logits = model.apply_rows(params, batch["dense"], rows, train=True, rngs=rngs)
+    logits = model.apply_rows(params, batch["dense"], rows, cat=batch["cat"], train=True,
+                              rngs=rngs)
     loss_sum = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, batch["label"]) * batch["mask"])
     loss = loss_sum / jnp.maximum(weight_sum, 1.0)
     if regularizer is not None:  # its gradient is summed over devices
@@ -186,7 +187,7 @@ def predict_probs(params, tables, dense: jax.Array, cat: jax.Array, *, model: CT
                   lookup=embeddings.lookup) -> jax.Array:
   """Click probabilities [B]; `lookup` gathers the rows (whole or row-sharded tables)."""
   rows = lookup(tables, model.layout.row_ids(cat))
-  return jax.nn.sigmoid(model.apply_rows(params, dense, rows, train=False))
+  return jax.nn.sigmoid(model.apply_rows(params, dense, rows, cat=cat, train=False))
 
 
 def make_predict(model: CTRModel):
