@@ -1,11 +1,14 @@
-r"""Score raw Criteo rows with a trained model: one click probability per line.
+r"""Score raw rows (Criteo, Avazu, any schema) with a trained model: one probability per line.
 
   python -m experiments.predict --checkpoint=runs/kaggle --input=day_23.gz --output=probs.txt
   python -m experiments.predict --checkpoint=dlrm.serving.npz --input=test.txt --output=probs.txt.gz
 
 --checkpoint is a run directory (experiments.train) or a serving artifact
-(experiments.export). --input is a Criteo TSV / TSV.gz with or without the label
+(experiments.export). --input is a file of the model's schema (schema.json in the run
+directory or the artifact: Criteo TSV, Avazu CSV, ...) with or without the label
 column; categorical values unseen in training map to the out-of-vocabulary id.
+--schema reads the input with another schema of the same fields (e.g. the same
+columns as Parquet).
 The input is streamed; progress and rows/s are logged, and when the input has
 labels the AUC and logloss are printed.
 """
@@ -23,9 +26,11 @@ from experiments import cli
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("checkpoint", None, "Run directory, or a serving artifact file.")
-flags.DEFINE_string("input", None, "Raw Criteo TSV or TSV.gz (label column optional).")
+flags.DEFINE_string("input", None, "Raw rows of the model's schema (label column optional).")
 flags.DEFINE_string("output", None, "Output text file, one probability per line (.gz ok).")
 flags.DEFINE_integer("batch_size", 8192, "Rows per scoring call.")
+flags.DEFINE_string("schema", "", "Read --input with this schema (a preset or JSON file) instead"
+                    " of the model's own; its fields must be the model's.")
 flags.DEFINE_string("metrics_output", "", "Also write the summary (and metrics) as JSON here.")
 
 
@@ -48,6 +53,16 @@ def main(argv):
     else:
       scorer = predict_lib.scorer_from_artifact(ServingModel.load(FLAGS.checkpoint),
                                                 FLAGS.checkpoint)
+    if FLAGS.schema:
+      import dataclasses
+      from jaxrec.data import schema as schema_lib
+      schema = schema_lib.load(FLAGS.schema)
+      own = scorer.schema
+      if (schema.field_names, schema.bag_lengths, schema.num_dense) != (
+          own.field_names, own.bag_lengths, own.num_dense):
+        raise ValueError(f"--schema={FLAGS.schema}: fields {schema.field_names} differ from the"
+                         f" model's {own.field_names}")
+      scorer = dataclasses.replace(scorer, schema=schema)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -149,6 +149,11 @@ def vocabulary_for(config: DataConfig) -> criteo.Vocabulary:
   return preprocess.load_vocabulary(preprocessed_dir(config))
 
 
+def schema_for(config: DataConfig) -> schema_lib.Schema:
+  """The raw-row schema of a non-synthetic config (a preprocessed directory's own)."""
+  return preprocess.load_schema(preprocessed_dir(config))
+
+
 def load_splits(config: DataConfig) -> Splits:
   """The train / validation / test splits `config` describes (see the module docstring)."""
   return load_splits_and_vocabulary(config)[0]

@@ -120,11 +120,14 @@ def _bag_keys(column: pa.Array | pa.ChunkedArray, separator: str, length: int) -
 def _to_block(schema: Schema, table: pa.Table, first_line: int) -> RawBlock | None:
   """Arrays of a parsed table, or None when a label or a derived field is invalid."""
   n = table.num_rows
-  label = table.column(schema.label)
-  if not pa.types.is_string(label.type):
-    label = pc.cast(label, pa.string())
-  if not pc.all(pc.is_in(label, value_set=pa.array(["0", "1"]))).as_py() and n:
-    return None
+  if schema.label in table.column_names:
+    label = table.column(schema.label)
+    if not pa.types.is_string(label.type):
+      label = pc.cast(label, pa.string())
+    if not pc.all(pc.is_in(label, value_set=pa.array(["0", "1"]))).as_py() and n:
+      return None
+  else:  # rows to score: no label column (labels read as 0)
+    label = pa.array(["0"] * n, pa.string())
   dense = np.empty((n, schema.num_dense), np.float64)
   for j, d in enumerate(schema.dense):
     column = table.column(d.name)
@@ -171,7 +174,8 @@ class TextFormat:
     types.update({c.column: pa.string() for c in s.categorical if c.derive is None})
     types.update({c.column: pa.int64() for c in s.categorical if c.derive is not None})
     types.update({m.column: pa.string() for m in s.multi_hot})
-    convert = pacsv.ConvertOptions(column_types=types, include_columns=list(s.source_columns),
+    columns = [c for c in s.source_columns if c in self.names]
+    convert = pacsv.ConvertOptions(column_types=types, include_columns=columns,
                                    strings_can_be_null=False, null_values=[""],
                                    quoted_strings_can_be_null=False)
     return read, parse, convert
@@ -190,7 +194,7 @@ class TextFormat:
       return None, f"expected {len(self.names)} {what}-separated fields, found {len(fields)}"
     values = dict(zip(self.names, fields))
     s = self.schema
-    if values[s.label] not in ("0", "1"):
+    if s.label in values and values[s.label] not in ("0", "1"):
       return s.label, f"label must be 0 or 1, got {values[s.label][:40]!r}"
     for d in s.dense:
       value = values[d.name]
@@ -210,10 +214,12 @@ class TextFormat:
     return None
 
 
-def _header(path: str, schema: Schema, first: bytes) -> tuple[str, ...]:
+def _header(path: str, schema: Schema, first: bytes, require_label: bool = True
+            ) -> tuple[str, ...]:
   text = first.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
   names = next(csv.reader([text], delimiter=schema.delimiter), [])
-  missing = [c for c in schema.source_columns if c not in names]
+  missing = [c for c in schema.source_columns if c not in names
+             and (require_label or c != schema.label)]
   if missing:
     raise CriteoFormatError(path, 1, None, f"header lacks the schema's columns {missing}"
                             f" (schema {schema.name!r}; header has {names[:8]}...)")
@@ -259,13 +265,25 @@ def parse_block(fmt: TextFormat, first_line: int, buf: bytes, on_bad_row: str = 
   return dataclasses.replace(block, lines=first_line + np.asarray(keep, dtype=np.int64))
 
 
-def iter_text_jobs(path: str, schema: Schema, block_bytes: int, checksum=None
-                   ) -> Iterator[tuple[TextFormat, int, bytes]]:
-  """(format, first line, whole lines) of a text file; a header line is consumed."""
-  fmt = None if schema.header else TextFormat(path, schema, tuple(schema.columns))
+def iter_text_jobs(path: str, schema: Schema, block_bytes: int, checksum=None,
+                   require_label: bool = True) -> Iterator[tuple[TextFormat, int, bytes]]:
+  """(format, first line, whole lines) of a text file; a header line is consumed.
+
+  Without `require_label`, a file may lack the label column (rows to score): a
+  header without it, or headerless lines one field short.
+  """
+  fmt = None
   for first_line, buf in criteo.iter_text_blocks(path, block_bytes, checksum):
+    if fmt is None and not schema.header:
+      names = tuple(schema.columns)
+      if not require_label:
+        first = buf.split(b"\n", 1)[0].rstrip(b"\r")
+        fields = len(TextFormat(path, schema, names).split_line(first))
+        if fields == len(names) - 1:
+          names = tuple(c for c in names if c != schema.label)
+      fmt = TextFormat(path, schema, names)
     if fmt is None:
-      fmt = TextFormat(path, schema, _header(path, schema, buf))
+      fmt = TextFormat(path, schema, _header(path, schema, buf, require_label))
       cut = buf.find(b"\n") + 1
       buf, first_line = buf[cut:], first_line + 1
       if not buf:
@@ -278,7 +296,7 @@ def is_parquet(path: str, schema: Schema) -> bool:
 
 
 def iter_parquet_batches(path: str, schema: Schema, block_rows: int, *,
-                         on_bad_row: str = "error", checksum=None
+                         on_bad_row: str = "error", checksum=None, require_label: bool = True
                          ) -> Iterator[tuple[RawBlock | None, BadRowLog]]:
   """(block or None when all its rows were skipped, its skipped rows) per record batch
   of a Parquet file; a row's "line" is its 1-based row number."""
@@ -293,11 +311,14 @@ def iter_parquet_batches(path: str, schema: Schema, block_rows: int, *,
     reader = pq.ParquetFile(path)
   except (pa.ArrowInvalid, OSError) as e:
     raise CriteoFormatError(path, None, None, f"not a Parquet file: {e}") from e
-  missing = [c for c in schema.source_columns if c not in reader.schema_arrow.names]
+  names = reader.schema_arrow.names
+  missing = [c for c in schema.source_columns if c not in names
+             and (require_label or c != schema.label)]
   if missing:
     raise CriteoFormatError(path, None, None, f"lacks the schema's columns {missing}")
   row = 1
-  for batch in reader.iter_batches(block_rows, columns=list(schema.source_columns)):
+  columns = [c for c in schema.source_columns if c in names]
+  for batch in reader.iter_batches(block_rows, columns=columns):
     table = pa.Table.from_batches([batch])
     bad = BadRowLog()
     block = _to_block(schema, table, row)
@@ -309,10 +330,10 @@ def iter_parquet_batches(path: str, schema: Schema, block_rows: int, *,
 
 def iter_parquet_blocks(path: str, schema: Schema, block_rows: int, *,
                         on_bad_row: str = "error", bad_rows: BadRowLog | None = None,
-                        checksum=None) -> Iterator[RawBlock]:
+                        checksum=None, require_label: bool = True) -> Iterator[RawBlock]:
   """Record batches of a Parquet file as RawBlocks (see `iter_parquet_batches`)."""
   for block, bad in iter_parquet_batches(path, schema, block_rows, on_bad_row=on_bad_row,
-                                         checksum=checksum):
+                                         checksum=checksum, require_label=require_label):
     if bad_rows is not None:
       bad_rows.merge(bad)
     if block is not None:
@@ -327,7 +348,7 @@ def _parquet_rows(path, schema, table, row, on_bad_row, bad_rows) -> RawBlock | 
     if _to_block(schema, one, row + i) is not None:
       keep.append(i)
       continue
-    label = one.column(schema.label)[0].as_py()
+    label = one.column(schema.label)[0].as_py() if schema.label in one.column_names else 0
     field, reason = ((schema.label, f"label must be 0 or 1, got {label!r}")
                      if str(label) not in ("0", "1") else (None, "invalid derived field"))
     error = CriteoFormatError(path, row + i, field, reason)
@@ -389,3 +410,42 @@ def transform_dense(schema: Schema, dense: np.ndarray) -> np.ndarray:
     if d.transform == "log1p":
       out[:, j] = np.log1p(np.maximum(out[:, j], 0.0))
   return out.astype(np.float32)
+
+
+def has_label(path: str, schema: Schema) -> bool:
+  """Whether a file of `schema` has its label column (a header naming it, Parquet's
+  columns, or headerless lines with every column)."""
+  if schema.is_criteo_layout():
+    from jaxrec.serving import raw_rows  # pylint: disable=import-outside-toplevel
+    return raw_rows.has_label_column(path)
+  if is_parquet(path, schema):
+    import pyarrow.parquet as pq
+    return schema.label in pq.ParquetFile(path).schema_arrow.names
+  for fmt, _, _ in iter_text_jobs(path, schema, 1 << 16, require_label=False):
+    return schema.label in fmt.names
+  raise CriteoFormatError(path, None, None, "file has no rows")
+
+
+def iter_rows_to_score(path: str, schema: Schema, block_rows: int = 1 << 16
+                       ) -> tuple[bool, Iterator[RawBlock]]:
+  """(has_label, blocks) of raw rows to score, with or without the label column."""
+  if schema.is_criteo_layout():
+    from jaxrec.serving import raw_rows  # pylint: disable=import-outside-toplevel
+    return raw_rows.iter_rows(path, block_rows)
+  labelled = has_label(path, schema)
+  if is_parquet(path, schema):
+    return labelled, iter_parquet_blocks(path, schema, block_rows, require_label=False)
+  def blocks():
+    for fmt, first_line, buf in iter_text_jobs(path, schema, block_rows * 256,
+                                               require_label=False):
+      block = parse_block(fmt, first_line, buf)
+      if block is not None:
+        yield block
+  return labelled, blocks()
+
+
+def encode_block(raw: RawBlock, vocabulary: criteo.Vocabulary, schema: Schema
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Raw rows -> (dense float32 [n, num_dense], ids int32 [n, num_slots]) as in training."""
+  return (transform_dense(schema, raw.dense),
+          vocabulary.encode_slots(raw.cat_keys, schema.bag_lengths))

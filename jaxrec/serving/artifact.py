@@ -27,7 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrec.data import criteo
+from jaxrec.data import criteo, tabular
+from jaxrec.data import schema as schema_lib
 
 FORMAT = "jaxrec-serving/1"
 
@@ -81,17 +82,34 @@ class ServingModel:
   def vocab_sizes(self) -> tuple[int, ...]:
     return tuple(self.meta["vocab_sizes"])
 
+  @property
+  def schema(self) -> schema_lib.Schema:
+    """The raw rows' columns (Criteo's for artifacts from before schemas)."""
+    data = self.meta.get("schema")
+    return schema_lib.criteo() if data is None else schema_lib.Schema.from_json(data)
+
+  @property
+  def bag_lengths(self) -> tuple[int, ...]:
+    """Slots of each field in ``cat`` (one each without multi-hot fields)."""
+    bags = self.meta.get("model_spec", {}).get("bag_lengths")
+    return tuple(bags) if bags else (1,) * len(self.vocab_sizes)
+
   def check_inputs(self, dense: np.ndarray, cat: np.ndarray) -> None:
-    """Shapes, dtypes and id ranges (an out-of-range id would gather the wrong row)."""
-    n, f = len(dense), len(self.vocab_sizes)
+    """Shapes, dtypes and id ranges (an out-of-range id would gather the wrong row).
+
+    Multi-hot slots may hold `schema.PAD_ID` (unused).
+    """
+    n, f = len(dense), sum(self.bag_lengths)
     if dense.shape != (n, self.meta["num_dense"]) or cat.shape != (n, f):
       raise ValueError(f"expected dense [B, {self.meta['num_dense']}] and cat [B, {f}], got"
                        f" {dense.shape} and {cat.shape}")
-    bad = (cat < 0) | (cat >= np.asarray(self.vocab_sizes))
+    sizes = np.repeat(np.asarray(self.vocab_sizes), self.bag_lengths)
+    in_bag = np.repeat(np.asarray(self.bag_lengths) > 1, self.bag_lengths)
+    bad = ((cat < 0) & ~(in_bag & (cat == schema_lib.PAD_ID))) | (cat >= sizes)
     if bad.any():
       row, col = map(int, np.argwhere(bad)[0])
       raise ValueError(f"categorical id {int(cat[row, col])} out of range"
-                       f" [0, {self.vocab_sizes[col]}) in row {row}, column {col}")
+                       f" [0, {sizes[col]}) in row {row}, column {col}")
 
   def predict_async(self, dense: np.ndarray, cat: np.ndarray) -> jax.Array:
     """Click probabilities [B] as a device array (not waited for)."""
@@ -108,5 +126,4 @@ class ServingModel:
     if self.vocabulary is None:
       raise ValueError("this artifact has no vocabularies (its run was trained on encoded or"
                        " synthetic data, or imported): it scores encoded ids only")
-    data = criteo.encode_raw(raw, self.vocabulary)
-    return data.dense, data.cat
+    return tabular.encode_block(raw, self.vocabulary, self.schema)

@@ -48,7 +48,7 @@ def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
 
   def serve(weights, dense, cat):
     rows = packed.rows(weights, model.layout.row_ids(cat))
-    logits = model.apply_rows(packed.params(weights), dense, rows, train=False)
+    logits = model.apply_rows(packed.params(weights), dense, rows, cat=cat, train=False)
     return jax.nn.sigmoid(logits.astype(jnp.float32))
 
   batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
@@ -56,7 +56,7 @@ def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
   exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
       weight_specs,
       jax.ShapeDtypeStruct((batch, model.num_dense), jnp.float32),
-      jax.ShapeDtypeStruct((batch, model.layout.num_fields), jnp.int32))
+      jax.ShapeDtypeStruct((batch, model.layout.num_slots), jnp.int32))
   return exported, packed
 
 
@@ -73,7 +73,9 @@ def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS
       "num_weights": len(leaves),
       "num_dense": spec.num_dense,
       "vocab_sizes": list(spec.vocab_sizes),
-      "sparse_names": [f"C{j + 1}" for j in range(len(spec.vocab_sizes))],
+      "sparse_names": list(run.schema.field_names) if run.schema is not None else
+                      [f"C{j + 1}" for j in range(len(spec.vocab_sizes))],
+      "schema": None if run.schema is None else run.schema.to_json(),
       "has_vocabulary": run.vocabulary is not None,
       "platforms": list(exported.platforms),
       "batch": "symbolic" if batch_size is None else batch_size,

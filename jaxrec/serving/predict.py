@@ -23,9 +23,8 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from jaxrec.data import criteo
-from jaxrec.data.dataset import NUM_DENSE, NUM_SPARSE
-from jaxrec.serving import raw_rows
+from jaxrec.data import criteo, tabular
+from jaxrec.data import schema as schema_lib
 from jaxrec.serving.artifact import ServingModel
 from jaxrec.train import metrics as metrics_lib
 from jaxrec.train.run_dir import Run
@@ -41,6 +40,7 @@ class Scorer:
     score: (dense, ids) of one full batch -> probabilities, a device array.
     num_dense / num_fields: the model's input widths.
     source: what it was built from (for messages).
+    schema: the raw rows' columns (`jaxrec.data.schema`).
   """
 
   encode: Callable[[criteo.RawBlock], tuple[np.ndarray, np.ndarray]]
@@ -48,6 +48,7 @@ class Scorer:
   num_dense: int
   num_fields: int
   source: str
+  schema: schema_lib.Schema = schema_lib.criteo()
 
 
 def scorer_from_run(run: Run) -> Scorer:
@@ -58,15 +59,11 @@ def scorer_from_run(run: Run) -> Scorer:
                      " imported from the reference)")
   predict = make_predict(run.model)
   params, tables = run.variables["params"], run.variables["tables"]
-  vocabulary = run.vocabulary
-
-  def encode(raw):
-    data = criteo.encode_raw(raw, vocabulary)
-    return data.dense, data.cat
-
-  return Scorer(encode=encode, score=lambda dense, cat: predict(params, tables, dense, cat),
+  vocabulary, schema = run.vocabulary, run.schema or schema_lib.criteo()
+  return Scorer(encode=lambda raw: tabular.encode_block(raw, vocabulary, schema),
+                score=lambda dense, cat: predict(params, tables, dense, cat),
                 num_dense=run.model.num_dense, num_fields=run.model.layout.num_fields,
-                source=run.workdir)
+                source=run.workdir, schema=schema)
 
 
 def scorer_from_artifact(model: ServingModel, path: str = "artifact") -> Scorer:
@@ -75,7 +72,7 @@ def scorer_from_artifact(model: ServingModel, path: str = "artifact") -> Scorer:
     raise ValueError(f"{path}: the artifact has no vocabularies, so raw rows cannot be encoded")
   return Scorer(encode=model.encode, score=model.predict_async,
                 num_dense=model.meta["num_dense"], num_fields=len(model.vocab_sizes),
-                source=path)
+                source=path, schema=model.schema)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,11 +155,11 @@ def _open_output(path: str):
 def predict_file(scorer: Scorer, input_path: str, output_path: str, *, batch_size: int = 8192,
                  block_rows: int = 1 << 16, progress: Callable[[int, float], None] | None = None,
                  progress_every: float = 5.0, float_format: str = "{:.9g}") -> PredictResult:
-  """Scores every row of a raw Criteo file, writing one probability per line.
+  """Scores every row of a raw file (the scorer's schema), writing one probability per line.
 
   Args:
     scorer: `scorer_from_run` or `scorer_from_artifact`.
-    input_path: Criteo TSV / TSV.gz, with or without the label column.
+    input_path: a file of the scorer's schema, with or without the label column.
     output_path: text output (``.gz`` compresses).
     batch_size: rows per scoring call (static: the last batch is padded).
     block_rows: rows parsed per block.
@@ -171,14 +168,15 @@ def predict_file(scorer: Scorer, input_path: str, output_path: str, *, batch_siz
 
   Raises:
     CriteoFormatError: a malformed row (file, line, field).
-    ValueError: a model whose inputs are not Criteo's 13 dense + 26 categorical.
+    ValueError: a model whose inputs do not match its schema's columns.
   """
-  if (scorer.num_dense, scorer.num_fields) != (NUM_DENSE, NUM_SPARSE):
+  schema = scorer.schema
+  if (scorer.num_dense, scorer.num_fields) != (schema.num_dense, schema.num_fields):
     raise ValueError(f"{scorer.source}: the model takes {scorer.num_dense} dense and"
-                     f" {scorer.num_fields} categorical inputs, not Criteo's {NUM_DENSE} and"
-                     f" {NUM_SPARSE}")
+                     f" {scorer.num_fields} categorical inputs, its schema {schema.name!r}"
+                     f" {schema.num_dense} and {schema.num_fields}")
   start = last_report = time.perf_counter()
-  has_label, blocks = raw_rows.iter_rows(input_path, block_rows)
+  has_label, blocks = tabular.iter_rows_to_score(input_path, schema, block_rows)
   probs_parts, label_parts, rows = [], [], 0
   in_flight: list[tuple[jax.Array, np.ndarray, int]] = []
 

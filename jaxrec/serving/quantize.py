@@ -149,7 +149,7 @@ class Packed:
     for (name, fmt, width), stored in zip(self.tables, weights[:len(self.tables)]):
       if name not in ids:
         continue
-      gathered = jnp.take(stored, ids[name], axis=0)
+      gathered = jnp.take(stored, ids[name], axis=0, mode="fill", fill_value=0)  # pad slots: 0
       out[name] = gathered if fmt == "float32" else dequantize_rows(
           gathered, width, 8 if fmt == "int8" else 4)
     return out

@@ -22,7 +22,7 @@ from absl import logging
 
 from jaxrec.data import loader, sampling
 from jaxrec.data.dataset import CTRDataset, Splits, random_split_indices
-from jaxrec.data.sources import DataConfig, load_splits_and_vocabulary
+from jaxrec.data.sources import DataConfig, load_splits_and_vocabulary, schema_for
 from jaxrec.factorize.rank import FactorizeConfig
 from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
@@ -360,9 +360,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   train_positive_rate = splits.train.positive_rate  # of the population, before sampling
   splits = _downsample_negatives(splits, config)
   spec = run_dir.ModelSpec(config.model, config.embedding, splits.train.vocab_sizes,
-                           splits.train.num_dense, config.negative_sampling_rate)
-  if _writer():
-    run_dir.write_model_files(workdir, spec, vocabulary)  # what load_run / predict need
+                           splits.train.num_dense, config.negative_sampling_rate,
+                           splits.train.bag_lengths, splits.train.poolings)
+  if _writer():  # what load_run / predict need
+    schema = schema_for(config.data) if vocabulary is not None else None
+    run_dir.write_model_files(workdir, spec, vocabulary, schema)
   model = spec.build()
   steps_per_epoch = loader.num_batches(len(splits.train), config.batch_size)
   total_steps = config.epochs * steps_per_epoch

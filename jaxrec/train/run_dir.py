@@ -7,8 +7,10 @@ a run directory holds:
   vocabulary sizes and the number of dense features: everything needed to
   rebuild the network without the training data.
 * ``vocab.npz`` (`jaxrec.data.criteo.Vocabulary`): the training
-  vocabularies, when the run read raw Criteo rows, so that new raw rows are
+  vocabularies, when the run read raw rows, so that new raw rows are
   encoded exactly as the training rows were.
+* ``schema.json`` (`jaxrec.data.schema.Schema`): the raw rows' columns and
+  their encoding (absent in runs from before schemas: Criteo's).
 
 `load_run(workdir)` rebuilds the `CTRModel` and restores ``{"params",
 "tables"}`` from the checkpoint of the model selected on validation (else the
@@ -27,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxrec.data import schema as schema_lib
 from jaxrec.data.criteo import Vocabulary
 from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, Variables
@@ -35,6 +38,7 @@ from jaxrec.train.checkpoint import Checkpointer
 
 MODEL_SPEC_FILE = "model_spec.json"
 VOCAB_FILE = "vocab.npz"
+SCHEMA_FILE = "schema.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -64,18 +68,25 @@ class ModelSpec:
   vocab_sizes: tuple[int, ...]
   num_dense: int = 13
   negative_sampling_rate: float = 1.0  # inference logits are corrected for it
+  bag_lengths: tuple[int, ...] | None = None
+  poolings: tuple[str, ...] | None = None
 
   def build(self) -> CTRModel:
     return CTRModel.create(self.model, self.embedding, self.vocab_sizes, self.num_dense,
-                           self.negative_sampling_rate)
+                           self.negative_sampling_rate, bag_lengths=self.bag_lengths,
+                           poolings=self.poolings)
 
   def to_json(self) -> dict:
     model = dataclasses.asdict(self.model)
     model.pop("cpu_kernels", None)  # how this process runs it, not what the network is
-    return {"model": model,
-            "embedding": dataclasses.asdict(self.embedding),
-            "vocab_sizes": list(self.vocab_sizes), "num_dense": self.num_dense,
-            "negative_sampling_rate": self.negative_sampling_rate}
+    out = {"model": model,
+           "embedding": dataclasses.asdict(self.embedding),
+           "vocab_sizes": list(self.vocab_sizes), "num_dense": self.num_dense,
+           "negative_sampling_rate": self.negative_sampling_rate}
+    if self.bag_lengths is not None:  # multi-hot fields (absent otherwise: older specs read)
+      out.update(bag_lengths=list(self.bag_lengths),
+                 poolings=None if self.poolings is None else list(self.poolings))
+    return out
 
   @classmethod
   def from_json(cls, data: dict, where: str = MODEL_SPEC_FILE) -> "ModelSpec":
@@ -83,12 +94,13 @@ class ModelSpec:
                embedding=dataclass_from_json(EmbeddingConfig, data["embedding"], where),
                vocab_sizes=tuple(int(v) for v in data["vocab_sizes"]),
                num_dense=int(data.get("num_dense", 13)),
-               negative_sampling_rate=float(data.get("negative_sampling_rate", 1.0)))
+               negative_sampling_rate=float(data.get("negative_sampling_rate", 1.0)),
+               bag_lengths=_tuples(data.get("bag_lengths")), poolings=_tuples(data.get("poolings")))
 
 
-def write_model_files(workdir: str, spec: ModelSpec, vocabulary: Vocabulary | None = None
-                      ) -> None:
-  """Writes model_spec.json (and vocab.npz when given) into `workdir`."""
+def write_model_files(workdir: str, spec: ModelSpec, vocabulary: Vocabulary | None = None,
+                      schema: schema_lib.Schema | None = None) -> None:
+  """Writes model_spec.json (and vocab.npz, schema.json when given) into `workdir`."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, MODEL_SPEC_FILE)
   with open(path + ".tmp", "w") as f:
@@ -99,6 +111,12 @@ def write_model_files(workdir: str, spec: ModelSpec, vocabulary: Vocabulary | No
     tmp = os.path.join(workdir, "vocab.tmp.npz")
     vocabulary.save(tmp)
     os.replace(tmp, os.path.join(workdir, VOCAB_FILE))
+  if schema is not None:
+    path = os.path.join(workdir, SCHEMA_FILE)
+    with open(path + ".tmp", "w") as f:
+      json.dump(schema.to_json(), f, indent=2)
+      f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +128,7 @@ class Run:
     variables: ``{"params": ..., "tables": ...}`` on the default device.
     spec: the `ModelSpec` it was built from.
     vocabulary: training vocabularies, or None (synthetic data, imports).
+    schema: the raw rows' columns (`load_schema`), or None without a vocabulary.
     step: the checkpoint's step.
     workdir: the run directory.
   """
@@ -120,6 +139,7 @@ class Run:
   vocabulary: Vocabulary | None
   step: int
   workdir: str
+  schema: schema_lib.Schema | None = None
 
 
 def load_spec(workdir: str) -> ModelSpec:
@@ -158,4 +178,14 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   vocab_path = os.path.join(workdir, VOCAB_FILE)
   vocabulary = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
   return Run(model=model, variables=variables, spec=spec, vocabulary=vocabulary,
-             step=int(meta["step"]), workdir=workdir)
+             step=int(meta["step"]), workdir=workdir,
+             schema=load_schema(workdir) if vocabulary is not None else None)
+
+
+def load_schema(workdir: str) -> schema_lib.Schema:
+  """The raw-row schema of a run (Criteo's for runs from before schemas)."""
+  path = os.path.join(workdir, SCHEMA_FILE)
+  if not os.path.exists(path):
+    return schema_lib.criteo()
+  with open(path) as f:
+    return schema_lib.Schema.from_json(json.load(f), where=path)
