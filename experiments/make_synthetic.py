@@ -5,7 +5,10 @@ r"""Write calibrated synthetic Criteo rows as a raw Criteo TSV (or .tsv.gz).
   python -m experiments.make_synthetic --rows=4373472 --cardinalities=terabyte \
       --cardinality_scale=0.001 --days=24 --output=/tmp/terabyte_1k
 
-The rows follow jaxrec.data.synthetic (real Kaggle cardinalities, fitted
+  # Rows with a multi-hot bag that carries the signal (CSV + its JSON schema, Bayes AUC):
+  python -m experiments.make_synthetic --schema=multi_hot --rows=20000 --output=/tmp/bags.csv
+
+The Criteo rows follow jaxrec.data.synthetic (real Kaggle cardinalities, fitted
 frequency skew, missing rates and dense distributions; labels from the hidden
 teacher), written in bounded memory; use them to test and benchmark
 experiments.preprocess.
@@ -29,6 +32,10 @@ flags.DEFINE_float("cardinality_scale", 1.0, "Multiplies the Kaggle cardinalitie
 flags.DEFINE_integer("max_vocab", 0, "Cap on every column's cardinality (0 = none).")
 flags.DEFINE_enum("cardinalities", "kaggle", ["kaggle", "terabyte"],
                   "Table sizes: Criteo Kaggle's, or Terabyte's at --max-ind-range 40M (MLPerf).")
+flags.DEFINE_enum("schema", "criteo", ["criteo", "multi_hot"],
+                  "criteo: Criteo TSV rows; multi_hot: a CSV with a bag field whose pooled ids"
+                  " carry the signal (jaxrec.data.synthetic_bags), with OUTPUT.schema.json.")
+flags.DEFINE_integer("max_length", 8, "multi_hot: the most ids in a bag.")
 flags.DEFINE_integer("days", 0, "Cut the rows into this many consecutive files day_0 .."
                      " day_{N-1} inside --output (a directory), as Criteo Terabyte; 0: one file.")
 
@@ -40,6 +47,9 @@ def main(argv):
     print("error: need --output, --rows >= 1, --cardinality_scale > 0, --max_vocab >= 0,"
           " 0 <= --days <= --rows", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.schema == "multi_hot":
+    write_multi_hot()
+    return
   from jaxrec.data import synthetic
   sizes = synthetic.KAGGLE_CARDINALITIES
   if FLAGS.cardinalities == "terabyte":
@@ -55,6 +65,21 @@ def main(argv):
   seconds = time.perf_counter() - start
   print(f"wrote {stats['rows']:,} rows to {FLAGS.output} in {seconds:.1f} s"
         f" (positive rate {stats['positive_rate']:.4f})")
+
+
+def write_multi_hot() -> None:
+  import json
+  from jaxrec.data import synthetic_bags
+  config = synthetic_bags.BagConfig(num_rows=FLAGS.rows, max_length=FLAGS.max_length,
+                                    seed=FLAGS.seed)
+  stats = synthetic_bags.write_csv(config, FLAGS.output)
+  schema_path = FLAGS.output + ".schema.json"
+  with open(schema_path, "w") as f:
+    json.dump(synthetic_bags.schema(config).to_json(), f, indent=2)
+    f.write("\n")
+  print(f"wrote {stats['rows']:,} rows to {FLAGS.output} and its schema to {schema_path}"
+        f" (positive rate {stats['positive_rate']:.4f}, Bayes-optimal AUC"
+        f" {stats['bayes_auc']:.4f})")
 
 
 if __name__ == "__main__":
