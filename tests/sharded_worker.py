@@ -41,7 +41,8 @@ def _max_diff(a, b) -> float:
 def compare(model_config, embedding, optimizer, table_optimizer, mesh_config, data):
   """Runs STEPS steps on one device and on a mesh from the same init; reports differences."""
   embedding = registry.embedding_config_for(model_config, embedding)
-  model = CTRModel.create(model_config, embedding, data.vocab_sizes)
+  model = CTRModel.create(model_config, embedding, data.vocab_sizes, data.num_dense,
+                          data.bag_lengths, data.poolings)
   tx = dense_optimizer(optimizer, 0.05)
   table_opt = sparse.create(table_optimizer, 0.05)
   regularizer = registry.build_regularizer(model_config)
@@ -60,6 +61,7 @@ def compare(model_config, embedding, optimizer, table_optimizer, mesh_config, da
   tables = {name: np.asarray(t) for name, t in single.tables.items()}
   return {
       "model": model_config.name, "embedding": embedding.kind,
+      "bags": data.bag_lengths is not None,
       "compute_dtype": model_config.compute_dtype,
       "regularized": regularizer is not None, "mesh": str(mesh_config),
       "optimizer": f"{optimizer}/{table_optimizer}", "losses": losses,
@@ -98,7 +100,20 @@ def equality():
   if "qr" in embeddings.EMBEDDING_KINDS:  # quotient and remainder tables, both row-sharded
     qr = EmbeddingConfig(kind="qr", dim=8, qr_collisions=4, qr_threshold=20)
     cases.append((dlrm, qr, "sgd", "rowwise_adagrad", sharding.MeshConfig(data=2, model=4)))
-  return [compare(*case, data) for case in cases]
+  results = [compare(*case, data) for case in cases]
+  # A multi-hot field (mean-pooled bag of 3 slots, some unused) on a mesh.
+  rng = np.random.default_rng(0)
+  first = np.asarray(data.cat[:, 0])
+  n0 = data.vocab_sizes[0]
+  bag = np.stack([first, (first * 7 + 3) % n0,
+                  np.where(rng.random(len(first)) < 0.5, -1, np.asarray(data.cat[:, 1]) % n0)], 1)
+  bag_data = dataclasses.replace(
+      data, cat=np.concatenate([bag, np.asarray(data.cat[:, 1:])], 1).astype(np.int32),
+      bag_lengths=(3,) + (1,) * (len(data.vocab_sizes) - 1),
+      poolings=("mean",) + ("sum",) * (len(data.vocab_sizes) - 1))
+  results.append(compare(dlrm, EmbeddingConfig(dim=8), "sgd", "rowwise_adagrad",
+                         sharding.MeshConfig(data=2, model=4), bag_data))
+  return results
 
 
 def reshard(workdir):

@@ -119,3 +119,18 @@ def test_int64_offsets_or_a_clear_error():
     assert ids.tolist() == [[5, 1_500_000_006, 2_500_000_002]]
   small = EmbeddingLayout(EmbeddingConfig(dim=2), (10, 20))
   assert small.row_ids(np.array([[1, 2]]))["embedding"].dtype == jnp.int32
+
+
+@pytest.mark.slow
+def test_attention_heatmap_takes_field_names_from_the_data():
+  from jaxrec.data.dataset import CTRDataset
+  from jaxrec.models.attention_map import mean_attention
+  config = registry.ModelConfig(name="afm_classic", attention_factor=4, dropout=0.0)
+  model = CTRModel.create(config, EmbeddingConfig(dim=4), VOCAB, num_dense=0,
+                          bag_lengths=BAGS, poolings=POOLINGS)
+  data = CTRDataset(dense=np.zeros((3, 0), np.float32), cat=CAT, label=np.ones(3, np.float32),
+                    vocab_sizes=VOCAB, dense_names=(), sparse_names=("site", "tags", "history"),
+                    bag_lengths=BAGS, poolings=POOLINGS)
+  attention = mean_attention(model, model.init(jax.random.key(0)), data)
+  assert attention.names == ("site", "tags", "history") and attention.matrix.shape == (3, 3)
+  np.testing.assert_allclose(attention.pair_weights.sum(), 1.0, rtol=1e-5)

@@ -77,6 +77,7 @@ def test_sharded_steps_match_single_device_and_split_rows():
   assert ("dlrm", "full") in names
   assert ("afm", "full") in names and any(r["regularized"] for r in results)
   assert any(r["compute_dtype"] == "bfloat16" for r in results)  # mixed-precision custom VJP
+  assert any(r["bags"] for r in results)  # a multi-hot field
   for r in results:
     case = f"{r['model']}/{r['embedding']} on {r['mesh']} with {r['optimizer']}"
     single, sharded = np.array(r["losses"]).T
