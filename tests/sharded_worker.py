@@ -42,7 +42,7 @@ def compare(model_config, embedding, optimizer, table_optimizer, mesh_config, da
   """Runs STEPS steps on one device and on a mesh from the same init; reports differences."""
   embedding = registry.embedding_config_for(model_config, embedding)
   model = CTRModel.create(model_config, embedding, data.vocab_sizes, data.num_dense,
-                          data.bag_lengths, data.poolings)
+                          bag_lengths=data.bag_lengths, poolings=data.poolings)
   tx = dense_optimizer(optimizer, 0.05)
   table_opt = sparse.create(table_optimizer, 0.05)
   regularizer = registry.build_regularizer(model_config)
