@@ -4,7 +4,7 @@ r"""Every registered model on Avazu's raw CSV, 3 seeds, beside the constant pred
       --output=docs/avazu_zoo.md
 
 Each run is exactly ``python -m experiments.train --schema=avazu --data=DATA --model=M
---seed=S`` (the CLI's defaults: one epoch, the seeded 80/10/10 split), evaluated on the
+--seed=S`` (the CLI's defaults, the seeded 80/10/10 split), evaluated on the
 whole test split; the table gives mean ± standard deviation over the seeds of test AUC
 and logloss, and the constant predictor (the training click rate) for reference. The
 seed changes the split too, so the spread includes the split's.
@@ -77,8 +77,9 @@ def main(argv):
               f" (constant {metrics['baseline_logloss']:.4f})", flush=True)
   body = (f"Data: `{os.path.basename(FLAGS.data)}`, read raw with `--schema=avazu` (id dropped;"
           " hour split into hour-of-day and weekday; 23 categorical fields, no dense"
-          " feature). Each model trains with `experiments.train`'s defaults for it (one"
-          f" epoch), seeds {', '.join(map(str, seeds))}; every figure is over the whole test"
+          " feature). Each model trains with `experiments.train`'s defaults for it"
+          f" (docs/training.md), seeds {', '.join(map(str, seeds))}; every figure is over the"
+          " whole test"
           " split (10% of the rows, drawn by the seed). Mean ± standard deviation over the"
           " seeds.\n\n" + table(results) + "\n")
   provenance.write_report(FLAGS.output, "Avazu: the model zoo beside the constant predictor",
