@@ -113,7 +113,8 @@ def test_bad_rows_name_file_line_field(tmp_path, row, field, message):
 def test_header_without_schema_columns(tmp_path):
   path = tmp_path / "d.csv"
   path.write_text("y,price\n1,2\n")
-  with pytest.raises(CriteoFormatError, match="header lacks the schema's columns"):
+  with pytest.raises(CriteoFormatError,
+                     match=r"header lacks 4 of schema 'toy''s columns \(score, city, hour, tags\)"):
     tabular.read_raw(str(path), _toy())
 
 

@@ -221,8 +221,11 @@ def _header(path: str, schema: Schema, first: bytes, require_label: bool = True
   missing = [c for c in schema.source_columns if c not in names
              and (require_label or c != schema.label)]
   if missing:
-    raise CriteoFormatError(path, 1, None, f"header lacks the schema's columns {missing}"
-                            f" (schema {schema.name!r}; header has {names[:8]}...)")
+    shown = ", ".join(repr(n[:24]) for n in names[:6]) + (", ..." if len(names) > 6 else "")
+    raise CriteoFormatError(
+        path, 1, None, f"header lacks {len(missing)} of schema {schema.name!r}'s columns"
+        f" ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}); it has"
+        f" {len(names)} {schema.format} field(s): {shown}")
   return tuple(names)
 
 
