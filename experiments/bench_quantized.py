@@ -208,7 +208,8 @@ def render(results: dict) -> str:
   lines += ["", "Worst AUC change: " + ", ".join(f"{n} {worst[n]:+.5f}" for n in names) + ".",
             "", "## Artifact size", "",
             "File bytes of the whole artifact (StableHLO, weights, and for the sample models the",
-            "training vocabularies, which quantization leaves as they are), and of the weights.", "",
+            "training vocabularies, which quantization leaves as they are), and of the"
+            " weights.", "",
             "| model | " + " | ".join(every) + " | " + " | ".join(f"{n} smaller" for n in names)
             + " |", "|---|" + "---:|" * (len(every) + len(names))]
 

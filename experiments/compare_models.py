@@ -33,7 +33,8 @@ from jaxrec.models.registry import MODELS
 FLAGS = flags.FLAGS
 
 flags.DEFINE_list("models", list(MODELS),
-                  "Models to compare (each with its ModelConfig defaults; default: all registered).")
+                  "Models to compare (each with its ModelConfig defaults; default: all"
+                  " registered).")
 flags.DEFINE_list("datasets", ["real", "synthetic"], "'real' (--real_data) and/or 'synthetic'.")
 flags.DEFINE_string("real_data", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "..", "shared", "data", "criteo",
@@ -151,7 +152,7 @@ def main(argv):
               f" logloss {metrics['logloss']:.4f}"
               f" {metrics['train_examples_per_sec']:,.0f} ex/s", flush=True)
 
-  lines = [f"| data | model | test AUC | test logloss | params | dense params | train examples/s |",
+  lines = ["| data | model | test AUC | test logloss | params | dense params | train examples/s |",
            "|---|---|---|---|---|---|---|"]
   for (dataset, name), runs in results.items():
     lines.append(

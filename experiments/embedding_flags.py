@@ -17,7 +17,8 @@ flags.DEFINE_enum("embedding", "full", ["full", "hash", "qr", "mixed_dim"],
 flags.DEFINE_integer("hash_buckets", 0,
                      "--embedding=hash: rows per table (smaller tables stay whole).")
 flags.DEFINE_integer("qr_collisions", 4,
-                     "--embedding=qr: categories per quotient row (c; tables get ceil(n/c) + c rows).")
+                     "--embedding=qr: categories per quotient row (c; tables get ceil(n/c) + c"
+                     " rows).")
 flags.DEFINE_enum("qr_operation", "mult", ["mult", "add", "concat"],
                   "--embedding=qr: how quotient and remainder rows combine.")
 flags.DEFINE_integer("qr_threshold", 200,

@@ -1,4 +1,4 @@
-r"""Export a trained run for serving: the inference function as StableHLO plus weights and vocabularies.
+r"""Export a trained run for serving: the inference function as StableHLO, weights, vocabularies.
 
   python -m experiments.export --checkpoint=runs/kaggle --output=dlrm.serving.npz
   python -m experiments.export --checkpoint=runs/kaggle --output=dlrm.int8.npz --quantize=int8

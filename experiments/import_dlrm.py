@@ -101,7 +101,8 @@ def main(argv):
   print(f"reference DLRM: {len(spec.vocab_sizes)} tables"
         f" ({', '.join(sorted({t.kind for t in imported.tables}))}) of width {spec.embedding.dim},"
         f" {sum(spec.vocab_sizes):,} rows; bottom {spec.num_dense}-"
-        f"{'-'.join(map(str, spec.model.bottom_mlp))}, top {'-'.join(map(str, spec.model.top_mlp))},"
+        f"{'-'.join(map(str, spec.model.bottom_mlp))},"
+        f" top {'-'.join(map(str, spec.model.top_mlp))},"
         f" interaction {spec.model.interaction}"
         f"{' (itself)' if spec.model.self_interaction else ''}")
   if FLAGS.verify_rows > 0:

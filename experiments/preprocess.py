@@ -46,7 +46,8 @@ flags.DEFINE_enum("on_bad_row", "error", ["error", "skip"],
 flags.DEFINE_integer("block_rows", 1 << 16, "Rows parsed per block (memory ~ 1 KB per row).")
 flags.DEFINE_bool("keep_temp", False, "Keep the intermediate arrays (tmp/).")
 flags.DEFINE_string("vocabulary", "count",
-                    "'count': ids by training-row frequency (--min_frequency, --max_rows_per_table);"
+                    "'count': ids by training-row frequency (--min_frequency,"
+                    " --max_rows_per_table);"
                     " 'hash:N': no counting pass, id = hash(value) mod N in every column.")
 flags.DEFINE_enum("engine", "local", ["local", "dask"],
                   "'local': threads of this process; 'dask': tasks on a Dask cluster (same bytes).")

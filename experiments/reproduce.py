@@ -24,7 +24,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 from absl import flags, logging
 
 from experiments import cli

@@ -37,6 +37,10 @@ def _group(records):
   return groups
 
 
+def _inference_rate(metrics: dict) -> float:
+  return metrics.get("inference_examples_per_sec", metrics["eval_examples_per_sec"])
+
+
 def summary_rows(records) -> list[dict[str, Any]]:
   """One row per (dataset, approach): means and stds over seeds."""
   rows = []
@@ -51,7 +55,7 @@ def summary_rows(records) -> list[dict[str, Any]]:
         "baseline_accuracy": f"{np.mean(col('baseline_accuracy')):.4f}",
         "baseline_logloss": f"{np.mean(col('baseline_logloss')):.4f}",
         "train_seconds": f"{np.mean(col('train_seconds')):.1f}",
-        "inference_eps": f"{np.mean([x.get('inference_examples_per_sec', x['eval_examples_per_sec']) for x in m]):,.0f}",
+        "inference_eps": f"{np.mean([_inference_rate(x) for x in m]):,.0f}",
         "param_count": f"{int(np.mean(col('param_count'))):,}",
         "dense_param_count": f"{int(np.mean(col('dense_param_count'))):,}",
         "mb": f"{np.mean(col('param_bytes')) / 1e6:.2f}",
@@ -295,7 +299,7 @@ def render_report(results: dict, path: str) -> None:
                  " accuracy of every consecutive 128-row batch of the test split, for the"
                  " baseline model:")
     lines += ["", "| dataset | batches | min | 5th pct | median | 95th pct | max |"
-              " whole-split accuracy | constant predictor |", "|---|---|---|---|---|---|---|---|---|"]
+              " whole-split accuracy | constant predictor |", "|" + "---|" * 9]
     for b in results["single_batch"]:
       lines.append(f"| {b['dataset']} | {b['batches']} | {b['min']:.4f} | {b['p5']:.4f} |"
                    f" {b['median']:.4f} | {b['p95']:.4f} | {b['max']:.4f} | {b['accuracy']:.4f} |"

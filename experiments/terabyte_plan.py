@@ -250,7 +250,8 @@ def main(argv):
   say(f"Assumptions: a CPU host has {FLAGS.host_cores} cores = {FLAGS.host_cores} Dask workers"
       f" running at the measured 1-worker rates (parse {per_worker['parse']:,.0f}, count"
       f" {per_worker['count']:,.0f}, encode {per_worker['encode']:,.0f} rows/s; 2 workers here ran"
-      f" the passes {speedup:.2f}x as fast as 1 on a shared 2-core machine); parsing is one task per"
+      f" the passes {speedup:.2f}x as fast as 1 on a shared 2-core machine); parsing is one task"
+      " per"
       " file, so at most 24 workers parse at once; counting and encoding are one task per"
       " 262,144-row chunk (16,700 tasks). The tree-reduce of the counters and file I/O on a"
       " shared file system are not measured here.")
@@ -275,7 +276,8 @@ def main(argv):
   say(f"| raw TSV at this file's bytes/row | {_gib(raw_bytes / rows * TERABYTE_LINES)} |")
   say(f"| pass-1 temporary arrays (deleted at the end) | {_gib(161 * TERABYTE_LINES)} |")
   say(f"| output arrays (float32 dense) | {_gib(out_bytes / total * TERABYTE_LINES)} |")
-  say(f"| output arrays (--dense_dtype=float16) | {_gib((out_bytes / total - 26) * TERABYTE_LINES)} |")
+  output_bytes = (out_bytes / total - 26) * TERABYTE_LINES
+  say(f"| output arrays (--dense_dtype=float16) | {_gib(output_bytes)} |")
   say(f"| vocabulary counter at most (16 bytes per kept key, up to 3 runs: 40M-capped tables) |"
       f" {_gib(3 * 16 * tables)} |")
   say(f"| embedding tables + row-wise Adagrad, dim {mlperf.dim}, {tables:,} rows |"

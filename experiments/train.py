@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import math
 import os
-import sys
 
 from absl import flags, logging
 
@@ -88,7 +86,8 @@ flags.DEFINE_bool("cpu_kernels", True, "On a CPU backend, run the pairwise layer
                   " interaction, AFM attention) as fused C++ kernels (jaxrec.kernels.cpu);"
                   " false = their XLA formulation.")
 flags.DEFINE_integer("attention_factor", 16, "AFM attention network size t (afm, afm_classic).")
-flags.DEFINE_float("dropout", 0.5, "Dropout on the AFM/FM pooled pairwise layer (afm, afm_classic, fm).")
+flags.DEFINE_float("dropout", 0.5,
+                   "Dropout on the AFM/FM pooled pairwise layer (afm, afm_classic, fm).")
 flags.DEFINE_float("attention_l2", 0.0, "L2 weight on the AFM attention kernel W (0 = off).")
 flags.DEFINE_integer("cross_layers", 3, "DCN-V2 cross layers (dcnv2, dlrm_dcn).")
 flags.DEFINE_integer("cross_rank", 0, "Rank of the cross kernels (0 = full; dcnv2, dlrm_dcn).")
@@ -144,7 +143,8 @@ flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
 flags.DEFINE_enum("on_nonfinite", "stop", ["stop", "skip"],
                   "A NaN/Inf loss or gradient: stop naming the step (the last good checkpoint is"
-                  " kept), or skip the batch and count it (metrics.json: skipped_nonfinite_batches).")
+                  " kept), or skip the batch and count it (metrics.json:"
+                  " skipped_nonfinite_batches).")
 
 # ModelConfig fields whose flag has another name (kept: the README and issues use them).
 MODEL_FLAG_ALIASES = {"name": "model", "self_interaction": "interaction_itself"}
@@ -184,7 +184,8 @@ def parse_layers(name: str, value: str) -> tuple[int, ...]:
   try:
     sizes = tuple(int(v) for v in value.split("-"))
   except ValueError:
-    raise FlagError(f"--{name}={value!r}: expected dash-separated integers like 512-256-1") from None
+    raise FlagError(
+        f"--{name}={value!r}: expected dash-separated integers like 512-256-1") from None
   if not sizes or any(s < 1 for s in sizes):
     raise FlagError(f"--{name}={value!r}: layer sizes must be positive")
   return sizes
@@ -242,8 +243,7 @@ def config_from_flags():
   """Validated flags -> TrainConfig. Raises FlagError with a one-line message."""
   from jaxrec.data.sources import DataConfig
   from jaxrec.models.registry import (DEFAULT_EMBEDDING_LEARNING_RATE, DEFAULT_LEARNING_RATE,
-                                      MODELS, ModelConfig,
-                                      default_optimizer, embedding_config_for)
+                                      MODELS, default_optimizer)
   from jaxrec.train.loop import TrainConfig
 
   if FLAGS.model not in MODELS:
@@ -299,14 +299,16 @@ def config_from_flags():
   if split_values in (["kaggle"], ["days"]):
     split_mode, split_values = split_values[0], ["0.8", "0.1", "0.1"]
     if FLAGS.data == "synthetic":
-      raise FlagError(f"--split={split_mode} needs raw Criteo --data (synthetic data splits randomly)")
+      raise FlagError(f"--split={split_mode} needs raw Criteo --data (synthetic data splits"
+                      " randomly)")
     if split_mode == "days" and "," not in FLAGS.data and os.path.isfile(FLAGS.data):
       raise FlagError("--split=days needs several day files in --data (the last is held out)")
   try:
     split = tuple(float(s) for s in split_values)
   except ValueError:
     raise FlagError(f"--split={','.join(FLAGS.split)}: expected three fractions") from None
-  if len(split) != 3 or not all(map(math.isfinite, split)) or any(s < 0 for s in split) or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
+  if (len(split) != 3 or not all(map(math.isfinite, split)) or any(s < 0 for s in split)
+      or abs(sum(split) - 1) > 1e-6 or split[0] == 0):
     raise FlagError(f"--split={','.join(FLAGS.split)}: need three non-negative fractions"
                     " summing to 1 with a non-empty train split")
   if FLAGS.attention_heatmap and FLAGS.model not in ("afm", "afm_classic"):
@@ -425,9 +427,11 @@ def summary(metrics: dict, output_dir: str) -> str:
       f"{metrics['model']} on {metrics['num_train_examples']:,} train rows,"
       f" evaluated on all {metrics['num_eval_examples']:,} test rows:",
       f"  AUC       {metrics['auc']:.4f}",
-      f"  logloss   {metrics['logloss']:.4f}   (constant predictor {metrics['baseline_logloss']:.4f},"
+      f"  logloss   {metrics['logloss']:.4f}"
+      f"   (constant predictor {metrics['baseline_logloss']:.4f},"
       f" normalized entropy {metrics['normalized_entropy']:.4f})",
-      f"  accuracy  {metrics['accuracy']:.4f}   (constant predictor {metrics['baseline_accuracy']:.4f})",
+      f"  accuracy  {metrics['accuracy']:.4f}"
+      f"   (constant predictor {metrics['baseline_accuracy']:.4f})",
       f"  calibration {metrics['calibration']:.4f} (mean prediction / click rate)",
   ]
   if "bayes_auc" in metrics:
@@ -443,9 +447,11 @@ def summary(metrics: dict, output_dir: str) -> str:
   ]
   if metrics.get("best_step") is not None:
     lines.append(f"  selected  step {metrics['best_step']} of {metrics['steps']} (best validation"
-                 f" {metrics['select_metric']}{', stopped early' if metrics['stopped_early'] else ''})")
+                 f" {metrics['select_metric']}"
+                 f"{', stopped early' if metrics['stopped_early'] else ''})")
   if metrics.get("factorize", "none") != "none":
-    ranks = ", ".join(f"{k} {'dense' if r is None else r}" for k, r in metrics["layer_ranks"].items())
+    ranks = ", ".join(f"{k} {'dense' if r is None else r}"
+                      for k, r in metrics["layer_ranks"].items())
     lines.append(f"  factorize {metrics['factorize']}: {metrics['dense_param_count']:,} network"
                  f" params; ranks {ranks}")
     if "prefactorize_auc" in metrics:

@@ -218,7 +218,10 @@ def busy_cpus(window: float) -> float:
 
 def settle(config: VersusConfig, load: Callable[[float], float] = busy_cpus,
            sleep: Callable[[float], None] = time.sleep) -> dict:
-  """Waits up to `max_wait` s for the load to fall to `max_load`: {'busy_cpus', 'loadavg', 'quiet'}."""
+  """Waits up to `max_wait` s for the load to fall to `max_load`.
+
+  Returns {'busy_cpus', 'loadavg', 'quiet'}.
+  """
   waited = 0.0
   while True:
     busy = load(config.load_window)
@@ -310,7 +313,8 @@ def render(results: Sequence[dict], torch_version: str) -> str:
   lines += ["", "## Every round", "",
             "Ratios per round; `busy` = CPUs used by other processes before each run (the"
             " reference's, then jaxrec's per dtype), 1-minute load average in brackets.", "",
-            "| workload | round | reference ex/s | jaxrec ratios | busy CPUs (load avg) | flagged |",
+            "| workload | round | reference ex/s | jaxrec ratios | busy CPUs (load avg) |"
+            " flagged |",
             "|---|---:|---:|---|---|---|"]
   for result in results:
     for i, r in enumerate(result["per_round"]):

@@ -68,7 +68,8 @@ def compare(model_config, embedding, optimizer, table_optimizer, mesh_config, da
       "param_diff": _max_diff(single.params, state.params),
       "param_scale": _max_diff(single.params, jax.tree_util.tree_map(np.zeros_like, single.params)),
       "table_diff": _max_diff(tables, sharded.unpadded_tables(state.tables)),
-      "table_moved": _max_diff(tables, sharded.unpadded_tables(sharded.init_state(init_key).tables)),
+      "table_moved": _max_diff(
+          tables, sharded.unpadded_tables(sharded.init_state(init_key).tables)),
       "tables": {name: {"rows": sharded.logical_rows[name], "global_rows": int(t.shape[0]),
                         "shard_rows": sorted({int(s.data.shape[0]) for s in t.addressable_shards}),
                         "num_shards": len(t.addressable_shards),
@@ -86,7 +87,8 @@ def equality():
   dlrm = ModelConfig(name="dlrm", **small)
   cases = [
       (dlrm, EmbeddingConfig(dim=8), "sgd", "sgd", sharding.MeshConfig(data=2, model=4)),
-      (dlrm, EmbeddingConfig(dim=8), "adam", "rowwise_adagrad", sharding.MeshConfig(data=1, model=8)),
+      (dlrm, EmbeddingConfig(dim=8), "adam", "rowwise_adagrad",
+       sharding.MeshConfig(data=1, model=8)),
   ]
   # bfloat16 MLPs: their mixed-precision matmul is a custom VJP inside shard_map.
   cases.append((ModelConfig(name="dlrm", compute_dtype="bfloat16", **small), EmbeddingConfig(dim=8),
@@ -120,7 +122,8 @@ def reshard(workdir):
   """Saves on 4 devices, resumes on 2, then on 1; compares with one uninterrupted device."""
   config = TrainConfig(
       model=ModelConfig(bottom_mlp=(16, 8), top_mlp=(16, 1)),
-      embedding=EmbeddingConfig(dim=8), data=DataConfig(synthetic_rows=1000, synthetic_max_vocab=90),
+      embedding=EmbeddingConfig(dim=8),
+      data=DataConfig(synthetic_rows=1000, synthetic_max_vocab=90),
       optimizer="adam", batch_size=32, epochs=1, checkpoint_every=5, log_every=1000,
       eval_batch_size=256)
   full = train_and_evaluate(config, os.path.join(workdir, "one-device"))
@@ -154,7 +157,8 @@ def features(workdir):
     splits, vocabulary = original(config)
     dense = splits.train.dense.copy()
     dense[7, 2] = np.nan
-    return dataclasses.replace(splits, train=dataclasses.replace(splits.train, dense=dense)), vocabulary
+    train = dataclasses.replace(splits.train, dense=dense)
+    return dataclasses.replace(splits, train=train), vocabulary
 
   loop.load_splits_and_vocabulary = poisoned
   config = TrainConfig(

@@ -82,7 +82,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   for (argv, message), result in zip(cases, results):
-    lines = [l for l in result["stderr"].splitlines() if l.strip()]
+    lines = [line for line in result["stderr"].splitlines() if line.strip()]
     assert result["code"] == 2, (argv, result)
     assert len(lines) == 1 and lines[0].startswith("error: "), (argv, lines)
     assert message in lines[0], (argv, lines[0])

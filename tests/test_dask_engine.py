@@ -137,7 +137,8 @@ def test_cli_dask_engine_starts_a_local_cluster(tmp_path, criteo_1tb_path):
   outs = []
   for engine in ("local", "dask"):
     out = str(tmp_path / engine)
-    proc = subprocess.run([sys.executable, "-m", "experiments.preprocess", f"--input={criteo_1tb_path}",
+    proc = subprocess.run([sys.executable, "-m", "experiments.preprocess",
+                           f"--input={criteo_1tb_path}",
                            f"--output_dir={out}", f"--engine={engine}", "--dask_workers=2",
                            "--vocabulary=hash:100000"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -145,7 +146,8 @@ def test_cli_dask_engine_starts_a_local_cluster(tmp_path, criteo_1tb_path):
     outs.append(out)
   assert "on 2 Dask workers" in proc.stdout
   _assert_same_output(*outs)
-  bad = subprocess.run([sys.executable, "-m", "experiments.preprocess", f"--input={criteo_1tb_path}",
+  bad = subprocess.run([sys.executable, "-m", "experiments.preprocess",
+                        f"--input={criteo_1tb_path}",
                         f"--output_dir={tmp_path / 'bad'}", "--vocabulary=hash:0"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [

@@ -164,7 +164,8 @@ def test_mixed_dim_projection_shapes_and_field_order():
                              rtol=1e-6)
   np.testing.assert_allclose(out[1, 2], t["embedding_dim6"][3] @ projections["projection_dim6"][0],
                              rtol=1e-6)
-  np.testing.assert_allclose(out[0, 3], t["embedding_dim1"][999] * projections["projection_dim1"][0, 0],
+  np.testing.assert_allclose(out[0, 3],
+                             t["embedding_dim1"][999] * projections["projection_dim1"][0, 0],
                              rtol=1e-6)
 
 

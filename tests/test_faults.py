@@ -161,4 +161,4 @@ def test_resume_drops_history_lines_after_the_checkpoint_and_a_torn_last_line(tm
   records = [{"step": s, "auc": 0.5} for s in (7, 14, 21)]
   path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 28, "au')  # killed
   loop._truncate_history(str(path), 20)
-  assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [7, 14]
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [7, 14]

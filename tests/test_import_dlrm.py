@@ -1,4 +1,4 @@
-"""Importing DLRM-reference (facebookresearch/dlrm) models: parity with a numpy reference forward."""
+"""Importing DLRM-reference (facebookresearch/dlrm) models: parity with a numpy forward pass."""
 
 import os
 import subprocess
@@ -35,8 +35,9 @@ def make_state_dict(seed=0, sizes=(7, 3, 11, 5), dim=4, bottom=(13, 8, 4), top_h
                         t * (t + 1) // 2 if itself else t * (t - 1) // 2)
   for name, widths in (("bot_l", bottom), ("top_l", (width,) + top_hidden + (1,))):
     for i in range(len(widths) - 1):
+      std = np.sqrt(2 / (widths[i] + widths[i + 1]))
       sd[f"{name}.{2 * i}.weight"] = rng.normal(
-          0, np.sqrt(2 / (widths[i] + widths[i + 1])), (widths[i + 1], widths[i])).astype(np.float32)
+          0, std, (widths[i + 1], widths[i])).astype(np.float32)
       sd[f"{name}.{2 * i}.bias"] = rng.normal(0, 0.5, widths[i + 1]).astype(np.float32)
   return sd
 

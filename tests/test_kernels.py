@@ -166,7 +166,8 @@ def test_matmul_flops_count_kernels_as_their_matmuls():
 
   def loss(x, fields, kernel, bias, h, kernels):
     pooled, _ = afm.attention_pool(fields, kernel, bias, h, kernels=kernels)
-    return jnp.sum(interactions.dot_interaction(x, fields[:, 1:], kernels=kernels)) + jnp.sum(pooled)
+    dot = interactions.dot_interaction(x, fields[:, 1:], kernels=kernels)
+    return jnp.sum(dot) + jnp.sum(pooled)
 
   grad = lambda kernels: jax.grad(functools.partial(loss, kernels=kernels),
                                   argnums=(0, 1, 2, 3, 4))

@@ -45,11 +45,13 @@ def test_train_refuses_a_mesh_that_does_not_fit_in_one_line(tmp_path):
           "--synthetic_max_vocab=5000", "--embedding_dim=16", "--device_memory_gb=0.0005",
           "--bottom_mlp=16-16", "--top_mlp=16-1",
           f"--output_dir={tmp_path}/run"]
-  for extra, where in (([], "one device (no --mesh)"), (["--mesh=model:2"], "--mesh=data:1,model:2")):
+  for extra, where in (([], "one device (no --mesh)"),
+                       (["--mesh=model:2"], "--mesh=data:1,model:2")):
     proc = subprocess.run(args + extra, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: ") and "per device, more than the 524.29 KiB" in error, error
-    assert error.startswith(f"error: {where}: the train state needs") and "need --mesh model:9 or more" in error
+    assert error.startswith(f"error: {where}: the train state needs")
+    assert "need --mesh model:9 or more" in error
   assert "host RSS" in proc.stderr  # the memory report came first

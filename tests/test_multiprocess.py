@@ -33,7 +33,7 @@ def _start(workdir, process_id, num_processes, devices, port):
 def _result(proc):
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-4000:]
-  line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
+  line = [s for s in out.splitlines() if s.startswith("RESULT ")][-1]
   return json.loads(line[len("RESULT "):])
 
 

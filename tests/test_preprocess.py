@@ -2,7 +2,6 @@
 --data=FILE vs preprocessed DIR, reuse, bad input (error or counted skip)."""
 
 import gzip
-import json
 import os
 
 import numpy as np
@@ -213,7 +212,8 @@ def test_empty_truncated_and_directory_inputs(tmp_path):
   with pytest.raises(criteo.CriteoFormatError, match="no rows"):
     _run(tmp_path, [str(empty)], name="e")
   gz = tmp_path / "t.tsv.gz"
-  gz.write_bytes(gzip.compress(("\n".join(_row(0, i, i) for i in range(3000)) + "\n").encode())[:-100])
+  text = "\n".join(_row(0, i, i) for i in range(3000)) + "\n"
+  gz.write_bytes(gzip.compress(text.encode())[:-100])
   with pytest.raises(criteo.CriteoFormatError, match="truncated") as err:
     _run(tmp_path, [str(gz)], name="t", on_bad_row="skip")
   assert err.value.path == str(gz)

@@ -1,4 +1,4 @@
-"""jaxrec.serving.quantize: row-wise 8/4-bit tables, int8 / bfloat16 kernels, quantized artifacts."""
+"""jaxrec.serving.quantize: row-wise 8/4-bit tables, int8 / bfloat16 kernels, artifacts."""
 
 import jax
 import numpy as np

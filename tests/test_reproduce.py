@@ -41,7 +41,8 @@ def test_quick_reproduce_writes_report_and_plots(tmp_path):
   results = json.loads((out / "results.json").read_text())
   assert {r["approach"] for r in results["rows"]} == {"baseline", "mf_before"}
   # The page names the machine that measured it and re-renders from results.json alone.
-  assert report.startswith("# jaxrec reproduction") and "- Command: `python -m experiments.reproduce" in report
+  assert report.startswith("# jaxrec reproduction")
+  assert "- Command: `python -m experiments.reproduce" in report
   assert results["provenance"]["host_cpu"]["model"] in report
   assert not any(os.path.isabs(r["workdir"]) for r in results["records"])
   (out / "report.md").unlink()

@@ -1,6 +1,5 @@
 """Negative down-sampling: seeded row choice, and calibrated predictions after correction."""
 
-import dataclasses
 import json
 import os
 

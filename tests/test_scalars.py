@@ -1,6 +1,5 @@
 """Scalar logs: train/validation records in history.jsonl and TensorBoard events, curves.png."""
 
-import dataclasses
 import glob
 import json
 import os
@@ -40,7 +39,7 @@ def test_scalar_log_writes_both_and_skips_non_finite(tmp_path):
   log = ScalarLog(str(tmp_path / "history.jsonl"), str(tmp_path / "tb"))
   log.write(3, "train", {"epoch": 0.5, "loss": 0.25, "learning_rate": float("nan")})
   log.close()
-  (record,) = [json.loads(l) for l in open(tmp_path / "history.jsonl")]
+  (record,) = [json.loads(line) for line in open(tmp_path / "history.jsonl")]
   assert record["step"] == 3 and record["split"] == "train" and record["loss"] == 0.25
   assert np.isnan(record["learning_rate"])
   assert read_events(str(tmp_path / "tb")) == {"train/loss": [(3, 0.25)]}
@@ -54,7 +53,7 @@ def test_training_writes_loss_lr_and_validation_scalars(tmp_path):
       lr_schedule=ScheduleConfig("warmup_cosine", warmup_steps=4))
   run = str(tmp_path / "run")
   report = train_and_evaluate(config, run)
-  history = [json.loads(l) for l in open(os.path.join(run, "history.jsonl"))]
+  history = [json.loads(line) for line in open(os.path.join(run, "history.jsonl"))]
   train = [h for h in history if h["split"] == "train"]
   validation = [h for h in history if h["split"] == "validation"]
   assert [h["step"] for h in train] == [5, 10, 15, 20, 25, 26]  # every 5, and the last

@@ -52,7 +52,8 @@ def write_raw_criteo(path: str, rows: int = 3000, seed: int = 3) -> None:
       label = str(int(rng.random() < 0.25))
       dense = [("" if rng.random() < 0.2 else str(int(rng.integers(-3, 10**rng.integers(1, 6)))))
                for _ in range(13)]
-      cats = [("" if rng.random() < 0.1 else f"{int(rng.zipf(1.5 + j / 20)) * 2654435761 % 2**32:08x}")
+      cats = [("" if rng.random() < 0.1 else
+               f"{int(rng.zipf(1.5 + j / 20)) * 2654435761 % 2**32:08x}")
               for j in range(26)]
       f.write("\t".join([label, *dense, *cats]) + "\n")
 

@@ -1,10 +1,8 @@
 """Model selection on validation: the best-so-far rule, early stopping, the kept checkpoint."""
 
-import dataclasses
 import json
 import os
 
-import numpy as np
 import pytest
 
 from jaxrec.data.sources import DataConfig, load_splits
@@ -61,7 +59,7 @@ class Killed(Exception):
 def test_early_stopping_tests_the_kept_best_checkpoint_and_resumes_exactly(tmp_path):
   full_dir = str(tmp_path / "full")
   full = train_and_evaluate(OVERFIT, full_dir)
-  history = [json.loads(l) for l in open(os.path.join(full_dir, "history.jsonl"))]
+  history = [json.loads(line) for line in open(os.path.join(full_dir, "history.jsonl"))]
   validation = [h for h in history if h["split"] == "validation"]
   best = min(validation, key=lambda h: h["logloss"])
   assert full["stopped_early"] and full["steps"] == validation[-1]["step"] < 30 * 38

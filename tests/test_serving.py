@@ -19,7 +19,6 @@ from jaxrec.serving import predict as predict_lib
 from jaxrec.serving import raw_rows
 from jaxrec.serving.artifact import ServingModel
 from jaxrec.serving.export import export_function, export_run
-from jaxrec.train import metrics as metrics_lib
 from jaxrec.train import run_dir
 from jaxrec.train.loop import TrainConfig, train_and_evaluate
 

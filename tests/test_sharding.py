@@ -26,7 +26,7 @@ def _worker(*args):
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sharded_worker.py"), *args],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")][-1]
   return json.loads(line[len("RESULT "):])
 
 

@@ -1,4 +1,4 @@
-"""deepfm, dcnv2 and dlrm_dcn: shapes, known answers against numpy, strategies, low rank, training."""
+"""deepfm, dcnv2, dlrm_dcn: shapes, known answers against numpy, strategies, low rank, training."""
 
 import dataclasses
 import json
@@ -58,10 +58,10 @@ def _np_mlp(p, x, activate_final):
 def _np_cross(p, x0):
   """Naive DCN-V2 cross: x_{l+1} = x0 * (W x_l + b) + x_l, one example and unit at a time."""
   x = x0.copy()
-  for l in range(len(p)):
-    w = p[f"layers_{l}"]["u"] @ p[f"layers_{l}"]["v"] if "u" in p[f"layers_{l}"] else \
-        p[f"layers_{l}"]["kernel"]
-    b = p[f"layers_{l}"]["bias"]
+  for index in range(len(p)):
+    layer = p[f"layers_{index}"]
+    w = layer["u"] @ layer["v"] if "u" in layer else layer["kernel"]
+    b = layer["bias"]
     nxt = np.empty_like(x)
     for e in range(x.shape[0]):
       for j in range(x.shape[1]):
@@ -181,7 +181,7 @@ def _rank_rule(m, n, fraction):
 
 
 def _svd_factorize(params, fraction):
-  """Truncated SVD of every Dense kernel (the study's rank rule); a stand-in for jaxrec.factorize."""
+  """Truncated SVD of every Dense kernel (the study's rank rule): a stand-in for factorize."""
   if not isinstance(params, dict):
     return params
   if "kernel" in params and params["kernel"].ndim == 2:

@@ -50,7 +50,7 @@ from absl import logging
 
 from jaxrec.data import criteo, tabular
 from jaxrec.data import schema as schema_lib
-from jaxrec.data.dataset import CTRDataset, NUM_DENSE, NUM_SPARSE, Splits
+from jaxrec.data.dataset import CTRDataset, NUM_SPARSE, Splits
 from jaxrec.data.schema import Schema
 
 SPLITS = ("train", "validation", "test")
@@ -521,7 +521,8 @@ def count_part(job: Job, part: dict[str, np.ndarray], pool=None
   split] int64 [2, 3], the counts of its training rows' keys — None when
   `job.count_keys` is False)."""
   stats = np.stack([np.bincount(part["split"], minlength=3),
-                    np.bincount(part["split"], weights=part["label"], minlength=3)]).astype(np.int64)
+                    np.bincount(part["split"], weights=part["label"], minlength=3)]
+                   ).astype(np.int64)
   if not job.count_keys:
     return stats, None
   train_keys = part["keys"][part["split"] == 0]

@@ -51,7 +51,8 @@ def nndsvda_init(x: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("rank", "iterations"))
-def multiplicative_updates(x: jax.Array, rank: int, iterations: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def multiplicative_updates(x: jax.Array, rank: int,
+                           iterations: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Rank-r NMF of x >= 0 by multiplicative updates.
 
   Args:

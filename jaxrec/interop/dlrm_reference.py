@@ -204,7 +204,8 @@ def _tables(sd: Mapping[str, np.ndarray], options: ImportOptions
     pool = sd.get(f"v_W_l.{k}")
     if pool is not None:
       if pool.shape != (rows.shape[0],):
-        raise ReferenceCheckpointError(f"v_W_l.{k}: shape {pool.shape}, expected ({rows.shape[0]},)")
+        raise ReferenceCheckpointError(
+            f"v_W_l.{k}: shape {pool.shape}, expected ({rows.shape[0]},)")
       rows = rows * pool[:, None]
     if options.table_sizes is not None and kind != "qr" and rows.shape[0] != options.table_sizes[k]:
       raise ReferenceCheckpointError(f"emb_l.{k}: {rows.shape[0]} rows but table_sizes says"

@@ -1,9 +1,9 @@
 """Fused CPU kernels for the pairwise layers, as XLA FFI custom calls.
 
 `interactions.cc` holds per-example kernels for DLRM's dot interaction and AFM's
-pair scores and attention-weighted pair sum (each forward and backward). XLA:CPU runs these layers as batched
-tiny matmuls and element-wise passes over [B·P, k] tensors at memory speed; the
-kernels keep each example's pair work in registers and L1.
+pair scores and attention-weighted pair sum (each forward and backward). XLA:CPU
+runs these layers as batched tiny matmuls and element-wise passes over [B·P, k]
+tensors at memory speed; the kernels keep each example's pair work in registers and L1.
 
 The kernels are written for 16-lane float vectors and are used only on CPUs with
 AVX-512 (built for AVX2 they were slower than XLA), which is checked before
@@ -295,7 +295,8 @@ def afm_scores_backward(fields: jax.Array, kernel: jax.Array, bias: jax.Array, h
                         d_scores: jax.Array
                         ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Cotangents (fields, kernel, bias, h) of `afm_scores_forward` for score cotangents [B, P]."""
-  call = _ffi_call("jaxrec_afm_scores_bwd", tuple(_struct(x.shape) for x in (fields, kernel, bias, h)))
+  call = _ffi_call("jaxrec_afm_scores_bwd",
+                   tuple(_struct(x.shape) for x in (fields, kernel, bias, h)))
   grads = call(fields, kernel, bias, h, d_scores)
   return tuple(_varying(g, x) for g, x in zip(grads, (fields, kernel, bias, h)))
 

@@ -131,7 +131,8 @@ def _make_model_config() -> type:
   fields = [("name", str, dataclasses.field(default="dlrm")), *_union_fields(),
             ("compute_dtype", str, dataclasses.field(default="float32")),
             ("cpu_kernels", "bool | None", dataclasses.field(default=None))]
-  shared = "\n".join(f"    {name}: used by {', '.join(_users(name))}." for name, _, _ in fields[1:-2])
+  shared = "\n".join(f"    {name}: used by {', '.join(_users(name))}."
+                     for name, _, _ in fields[1:-2])
   doc = f"""Hyperparameters of a model: ``name`` and the fields of its registered config.
 
   Generated from `MODELS`: each field belongs to the model configs that declare it

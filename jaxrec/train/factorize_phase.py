@@ -50,7 +50,8 @@ def _with_layers(model: CTRModel, config: FactorizeConfig) -> FactorizeConfig:
   return dataclasses.replace(config, layers=paths)
 
 
-def _replace_params(state: TrainState, params, dense_tx: optax.GradientTransformation) -> TrainState:
+def _replace_params(state: TrainState, params,
+                    dense_tx: optax.GradientTransformation) -> TrainState:
   return state.replace(params=params, opt_state=dense_tx.init(params))
 
 

@@ -148,7 +148,8 @@ def check_resume_compatible(saved: dict, config: TrainConfig) -> None:
   if _trained_structure(saved) != _trained_structure(current):
     diffs.append("factorize")
   if diffs:
-    raise ResumeError(f"cannot resume: the checkpoint was written with a different {', '.join(diffs)}"
+    raise ResumeError("cannot resume: the checkpoint was written with a different"
+                      f" {', '.join(diffs)}"
                      f" (saved {saved.get(diffs[0])!r}, now {current.get(diffs[0])!r})")
 
 

@@ -161,7 +161,8 @@ def state_bytes_per_device(state: Any) -> tuple[int, int]:
     shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
     return int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
   rows = sum(size(x) for x in jax.tree_util.tree_leaves((state.tables, state.table_opt_state)))
-  return rows + sum(size(x) for x in jax.tree_util.tree_leaves((state.params, state.opt_state))), rows
+  dense = sum(size(x) for x in jax.tree_util.tree_leaves((state.params, state.opt_state)))
+  return rows + dense, rows
 
 
 def check_fits(state: Any, capacity: int | None, mesh_text: str, model_size: int = 1) -> None:

@@ -113,5 +113,6 @@ SPARSE_OPTIMIZERS = {"sgd": sgd, "rowwise_adagrad": rowwise_adagrad}
 def create(name: str, learning_rate: LearningRate) -> SparseOptimizer:
   """The sparse table optimizer `name` ("sgd" or "rowwise_adagrad"); a float rate or a schedule."""
   if name not in SPARSE_OPTIMIZERS:
-    raise ValueError(f"unknown embedding optimizer {name!r}; choose from {sorted(SPARSE_OPTIMIZERS)}")
+    raise ValueError(f"unknown embedding optimizer {name!r}; choose from"
+                     f" {sorted(SPARSE_OPTIMIZERS)}")
   return SPARSE_OPTIMIZERS[name](learning_rate)
