@@ -49,7 +49,8 @@ def table(results: dict[str, list[dict]]) -> str:
   lines = ["| model | test AUC | test logloss | test rows | seconds per run |",
            "|---|---|---|---|---|",
            f"| constant predictor (training click rate) | 0.5 | "
-           f"{cell([m['baseline_logloss'] for m in first])} | {first[0]['num_eval_examples']:,} | |"]
+           f"{cell([m['baseline_logloss'] for m in first])} |"
+           f" {first[0]['num_eval_examples']:,} | |"]
   for name, runs in results.items():
     lines.append(f"| {name} | {cell([m['auc'] for m in runs])} | "
                  f"{cell([m['logloss'] for m in runs])} | {runs[0]['num_eval_examples']:,} | "

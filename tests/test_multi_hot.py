@@ -63,7 +63,8 @@ def test_sparse_update_equals_dense_gradient_update(optimizer, kind):
   # The library's way: gradients w.r.t. the gathered rows, then a sparse update.
   ids = layout.row_ids(CAT)
   rows = embeddings.lookup(tables, ids)
-  row_loss = lambda r: sum(jnp.sum(jnp.tanh(v) * weights[k]) for k, v in layout.pool(r, CAT).items())
+  row_loss = lambda r: sum(jnp.sum(jnp.tanh(v) * weights[k])
+                           for k, v in layout.pool(r, CAT).items())
   row_grads = jax.grad(row_loss)(rows)
   opt = sparse.create(optimizer, 0.1)
   state = opt.init(tables)

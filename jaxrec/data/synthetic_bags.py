@@ -45,7 +45,8 @@ def schema(config: BagConfig, max_length: int | None = None, pooling: str = "mea
 
 
 def generate(config: BagConfig) -> dict[str, np.ndarray]:
-  """{"cat": int [n, K], "bag": int [n, L] (-1 padded), "length": [n], "prob": [n], "label": [n]}."""
+  """Rows as arrays: {"cat": int [n, K], "bag": int [n, L] (-1 padded), "length": [n],
+  "prob": [n], "label": [n]}."""
   teacher = np.random.default_rng([config.seed, 0])
   field_weights = teacher.normal(0.0, config.field_scale, (config.num_categorical, config.vocab))
   bag_weights = teacher.normal(0.0, 1.0, config.bag_vocab)
@@ -75,7 +76,8 @@ def write_csv(config: BagConfig, path: str) -> dict:
   """Writes the rows as CSV (header ``label,c1..cK,bag``); returns rows, click rate, Bayes AUC."""
   rows = generate(config)
   with open(path, "w") as f:
-    f.write(",".join(["label", *(f"c{j + 1}" for j in range(config.num_categorical)), "bag"]) + "\n")
+    header = ["label", *(f"c{j + 1}" for j in range(config.num_categorical)), "bag"]
+    f.write(",".join(header) + "\n")
     for i in range(config.num_rows):
       bag = "|".join(f"b{b}" for b in rows["bag"][i, :rows["length"][i]])
       f.write(",".join([str(rows["label"][i]), *(f"v{c}" for c in rows["cat"][i]), bag]) + "\n")

@@ -409,7 +409,8 @@ class EmbeddingLayout:
         repeat = lambda values: np.repeat(np.asarray(values), [self.slots[j] for j in spec.fields])
       else:
         slots, repeat = np.asarray(spec.fields), np.asarray
-      col = cat if len(slots) == cat.shape[1] and (slots == np.arange(len(slots))).all()           else cat[:, slots]
+      every_slot = len(slots) == cat.shape[1] and (slots == np.arange(len(slots))).all()
+      col = cat if every_slot else cat[:, slots]
       if any(d != 1 for d in spec.divisors):
         col = col // jnp.asarray(repeat(spec.divisors), dtype)
       if spec.moduli is not None:
