@@ -63,7 +63,7 @@ def test_bad_flags_exit_2_with_one_line(tmp_path):
       (["--interaction=cat", "--interaction_itself"],
        "--interaction_itself: self_interaction only applies"),
       (["--model=autoint", "--attention_heads=0"], "--attention_heads: attention_heads must be"),
-      (["--bottom_mlp=64-8"], "needs the bottom MLP to end in the embedding dim 16"),
+      (["--bottom_mlp=64-8"], "needs the bottom MLP to end in embedding_dim 16"),
       (["--resume"], "--resume needs --output_dir"),
       ([f"--output_dir={run}"], "already holds a run (checkpoint at step 5); pass --resume"),
       ([f"--output_dir={a_file}"], "not a directory"),

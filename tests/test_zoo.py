@@ -159,7 +159,7 @@ def test_registry_checks_and_first_order():
   assert "first_order" not in _model("dcnv2").init(jax.random.key(0))["tables"]
   with pytest.raises(ValueError, match="dcn_structure"):
     _model("dcnv2", dcn_structure="diagonal")
-  with pytest.raises(ValueError, match="embedding dim"):
+  with pytest.raises(ValueError, match="embedding_dim"):
     CTRModel.create(_config("dlrm_dcn"), EmbeddingConfig(dim=8), VOCAB)
   with pytest.raises(ValueError, match="cross_rank"):
     _model("dlrm_dcn", cross_rank=0)

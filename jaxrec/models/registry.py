@@ -197,7 +197,7 @@ def check_bottom_top(bottom_mlp, top_mlp, layout: EmbeddingLayout, what: str,
                      bottom_to_dim: bool = True) -> None:
   """DLRM-style MLPs: the bottom ends in the embedding dim (when `bottom_to_dim`), the top in 1."""
   if bottom_to_dim and bottom_mlp[-1] != layout.config.dim:
-    raise ValueError(f"{what} needs the bottom MLP to end in the embedding dim"
+    raise ValueError(f"{what} needs the bottom MLP to end in embedding_dim"
                      f" {layout.config.dim}, got {bottom_mlp[-1]}")
   if top_mlp is not None and top_mlp[-1] != 1:
     raise ValueError(f"the top MLP must end in 1 output, got {top_mlp[-1]}")
