@@ -48,6 +48,7 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import logging
 
+from jaxrec import locking
 from jaxrec.data import criteo, tabular
 from jaxrec.data import schema as schema_lib
 from jaxrec.data.dataset import CTRDataset, NUM_SPARSE, Splits
@@ -57,6 +58,7 @@ SPLITS = ("train", "validation", "test")
 FORMAT = "jaxrec-criteo-shards/1"
 META = "meta.json"
 VOCAB = "vocab.npz"
+LOCK = ".preprocess.lock"
 _ASSIGN_CHUNK = 1 << 16  # positions per random-split assignment chunk
 _MISSING_BYTES = -(-NUM_SPARSE // 8)  # missing-field bitmask bytes per row
 _DATA_FILE = re.compile(r"(day_\d+|.*\.(txt|tsv|csv))(\.gz)?$|.*\.parquet$")
@@ -661,11 +663,22 @@ def preprocess(config: PreprocessConfig,
                report: Callable[[str], None] = logging.info) -> dict:
   """Preprocesses `config.inputs` into `config.output_dir`; returns meta.json's dict.
 
+  One job at a time writes an output directory (``.preprocess.lock`` in it): a
+  second job on the same directory waits for the first, then reuses its
+  output. ``meta.json`` is written last, so an interrupted job's output is
+  never taken for a finished one (the next job resumes it).
+
   Raises:
     CriteoFormatError: a malformed row (file, line, field), an empty file,
       truncated gzip or a directory without data (unless skipping bad rows).
     ValueError: bad options, or an output_dir holding a different preprocessing.
   """
+  with locking.hold(os.path.join(config.output_dir, LOCK), wait=None, report=report):
+    return _preprocess_locked(config, report)
+
+
+def _preprocess_locked(config: PreprocessConfig, report: Callable[[str], None]) -> dict:
+  """`preprocess`, with the output directory's lock held."""
   mode, _ = parse_split(config.split)
   hash_buckets = parse_vocabulary(config.vocabulary)
   if config.on_bad_row not in criteo.ON_BAD_ROW:

@@ -19,6 +19,9 @@ import json
 import os
 import time
 
+from absl import logging
+
+from jaxrec import locking
 from jaxrec.data import criteo, preprocess, synthetic
 from jaxrec.data import schema as schema_lib
 from jaxrec.data.dataset import Splits, random_split_indices
@@ -131,15 +134,17 @@ def preprocessed_dir(config: DataConfig, report=None, *, process_index: int | No
     _wait_for_meta(out, pconfig, process_index, wait_s, poll)
     return out
   kwargs = {} if report is None else {"report": report}
-  try:
-    preprocess.preprocess(dataclasses.replace(pconfig, output_dir=out), **kwargs)
-  except ValueError as e:
-    if "other inputs or options" not in str(e):
-      raise
-    # A stale cache entry (an input changed since): redo it.
-    import shutil
-    shutil.rmtree(out)
-    preprocess.preprocess(dataclasses.replace(pconfig, output_dir=out), **kwargs)
+  # One job per cache entry: others wait, then reuse it (or redo a stale one, alone).
+  with locking.hold(out + ".lock", wait=None, report=report or logging.info):
+    try:
+      preprocess.preprocess(dataclasses.replace(pconfig, output_dir=out), **kwargs)
+    except ValueError as e:
+      if "other inputs or options" not in str(e):
+        raise
+      # A stale cache entry (an input changed since): redo it.
+      import shutil
+      shutil.rmtree(out)
+      preprocess.preprocess(dataclasses.replace(pconfig, output_dir=out), **kwargs)
   return out
 
 
