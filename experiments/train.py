@@ -5,7 +5,11 @@ r"""Train and evaluate a CTR model.
 
 Flags are validated here and turned into a frozen `TrainConfig`; the library
 never reads them. Writes config.json, history.jsonl, metrics.json and
-checkpoints/ to --output_dir.
+checkpoints/ to --output_dir, which one run at a time may use (run.lock).
+
+SIGTERM or Ctrl-C stops the run after the current step group with a
+checkpoint, prints the command that resumes it, and exits 143 / 130; a second
+signal exits at once (see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import dataclasses
 import datetime
 import math
 import os
+import shlex
+import sys
 
 from absl import flags, logging
 
@@ -471,7 +477,39 @@ def _maybe_profile(profile_dir: str | None):
   return jax.profiler.trace(profile_dir, create_perfetto_trace=True)
 
 
+RUN_LOCK = "run.lock"
+
+
+def resume_command(output_dir: str, argv: list[str]) -> str:
+  """The command line that continues this run: its flags, --output_dir and --resume."""
+  flags_given = [a for a in argv[1:] if a.split("=")[0] not in
+                 ("--resume", "--noresume", "--resume=true", "--output_dir")]
+  return shlex.join(["python", "-m", "experiments.train", *flags_given,
+                     f"--output_dir={output_dir}", "--resume"])
+
+
+def _run_lock(output_dir: str):
+  """One run per output directory (process 0 of a multi-host run takes it)."""
+  from jaxrec import locking
+  if FLAGS.process_id:
+    return contextlib.nullcontext()
+  return locking.hold(os.path.join(output_dir, RUN_LOCK), wait=0,
+                      report=lambda msg: logging.warning("%s", msg))
+
+
 def main(argv):
+  from jaxrec.train import preemption
+  with preemption.StopSignals() as stop:
+    try:
+      _main(argv, stop)
+    except preemption.Interrupted as e:  # outside the steps: nothing to finish
+      print(f"\n{e}; exiting", file=sys.stderr)
+      sys.exit(preemption.exit_code(e.signum))
+
+
+def _main(argv, stop):
+  from jaxrec import locking
+  from jaxrec.train import preemption
   cli.check_no_arguments(argv)
   try:
     config = config_from_flags()
@@ -480,10 +518,24 @@ def main(argv):
     cli.fail(e)
   output_dir = FLAGS.output_dir or os.path.join(
       "runs", f"{FLAGS.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-  from experiments.debug_hooks import kill_hook_from_env
+  try:
+    with _run_lock(output_dir):
+      _train(config, output_dir, stop)
+  except locking.LockedError as e:
+    holder = locking.describe(e.owner) if e.owner else "owner unknown"
+    cli.fail(f"--output_dir={output_dir} is in use by another run ({holder}); wait for it"
+             " to end or choose another --output_dir")
+  except preemption.Stopped as e:
+    print(f"{e}; resume with:\n  {resume_command(output_dir, sys.argv)}", file=sys.stderr)
+    sys.exit(preemption.exit_code(e.signum))
+
+
+def _train(config, output_dir: str, stop) -> None:
+  from experiments.debug_hooks import debug_hook_from_env
   from jaxrec.data.criteo import CriteoFormatError
-  from jaxrec.train.faults import NonFiniteError
+  from jaxrec.train.faults import NonFiniteError, NonFiniteParamsError
   from jaxrec.train.loop import ResumeError, train_and_evaluate
+  from jaxrec.train.checkpoint import CheckpointError
   from jaxrec.train.sharding import MeshError
   from jaxrec.data.sources import PreprocessWaitError
   on_end = None
@@ -494,10 +546,10 @@ def main(argv):
   try:
     with _maybe_profile(FLAGS.profile_dir):
       metrics = train_and_evaluate(config, output_dir, resume=FLAGS.resume, on_end=on_end,
-                                   on_event=kill_hook_from_env())
-  except (CriteoFormatError, ResumeError, MeshError, PreprocessWaitError) as e:
+                                   on_event=debug_hook_from_env(), stop=stop)
+  except (CriteoFormatError, ResumeError, MeshError, PreprocessWaitError, CheckpointError) as e:
     cli.fail(e)
-  except NonFiniteError as e:  # not a usage error: exit code 1
+  except (NonFiniteError, NonFiniteParamsError) as e:  # not a usage error: exit code 1
     cli.fail(e, code=1)
   print(summary(metrics, output_dir))
 

@@ -6,10 +6,16 @@
   written but not committed): the previous checkpoint stays the latest and
   restores, and ``--resume`` still reaches bit-identical params.
 * Same seed and data -> identical metrics, history and params in two processes.
+* SIGTERM / Ctrl-C: the run stops after the current step with a checkpoint
+  there, prints the command that resumes it (which reaches bit-identical
+  params) and exits 143 / 130; a second signal exits at once.
+* One run per output directory: a second is refused in one line; the lock of
+  a killed run is taken over.
 """
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -149,3 +155,90 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(reference, tmp_path
     assert all(np.isfinite(x).all() for x in leaves)
   _train(out, "--resume")
   _assert_same_run(reference, out)
+
+
+def _popen(out, *extra, **env):
+  """experiments.train in the background; `env` sets JAXREC_DEBUG_* variables."""
+  full = {k: v for k, v in os.environ.items() if not k.startswith("JAXREC_DEBUG_")}
+  full.update({f"JAXREC_DEBUG_{k}": v for k, v in env.items()})
+  return subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS,
+                           f"--output_dir={out}", *extra], cwd=REPO, env=full, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_line(proc, text):
+  """Reads the process's stderr up to a line containing `text`."""
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if text in line:
+      return
+  raise AssertionError(f"{text!r} never came: {''.join(seen)[-3000:]}")
+
+
+def _no_traceback(stderr):
+  assert "Traceback" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_step_and_the_printed_command_resumes_bit_identically(
+    reference, tmp_path):
+  out = str(tmp_path / "run")
+  proc = _popen(out, SIGNAL_AT="TERM:step:12")
+  _, stderr = proc.communicate(timeout=600)
+  _no_traceback(stderr)
+  assert proc.returncode == 143, stderr[-3000:]
+  assert "stopped by SIGTERM after step 12; checkpoint at step 12; resume with:" in stderr
+  assert _params(out)[0] == 12
+  steps = [json.loads(line)["step"] for line in open(os.path.join(out, "history.jsonl"))]
+  assert steps == [7]
+  command = shlex.split(stderr.strip().splitlines()[-1])
+  assert command[:3] == ["python", "-m", "experiments.train"] and command[-1] == "--resume"
+  resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  _assert_same_run(reference, out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_from_outside_stops_after_the_step_with_a_checkpoint(tmp_path):
+  out = str(tmp_path / "run")
+  proc = _popen(out, PAUSE_AT="step:17:5")
+  _wait_for_line(proc, "paused at step 17")
+  proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C does
+  _, stderr = proc.communicate(timeout=600)
+  _no_traceback(stderr)
+  assert proc.returncode == 130, stderr[-3000:]
+  assert "stopped by SIGINT after step 17; checkpoint at step 17" in stderr
+  step, leaves = _params(out)
+  assert step == 17 and all(np.isfinite(x).all() for x in leaves)
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once(tmp_path):
+  out = str(tmp_path / "run")
+  proc = _popen(out, SIGNAL_AT="TERM:step:17:2")
+  _, stderr = proc.communicate(timeout=600)
+  _no_traceback(stderr)
+  assert proc.returncode == 143 and "SIGTERM again: exiting now" in stderr, stderr[-3000:]
+  assert _params(out)[0] == 15  # no checkpoint at the stop
+
+
+@pytest.mark.slow
+def test_one_run_per_output_dir_and_a_killed_runs_lock_is_taken_over(tmp_path):
+  out = str(tmp_path / "run")
+  first = _popen(out, PAUSE_AT="step:6:60")
+  _wait_for_line(first, "paused at step 6")
+  second = _popen(out, "--resume")
+  _, stderr = second.communicate(timeout=600)
+  _no_traceback(stderr)
+  assert second.returncode == 2, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1].startswith(
+      f"error: --output_dir={out} is in use by another run (pid {first.pid} on ")
+  first.kill()
+  first.communicate()
+  third = _popen(out, "--resume")
+  _, stderr = third.communicate(timeout=600)
+  assert third.returncode == 0, stderr[-3000:]
+  assert f"took over a stale lock of pid {first.pid}" in stderr
+  assert _params(out)[0] == 30

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import queue
 import threading
 import time
@@ -148,8 +149,18 @@ def _batches(encoded, batch_size: int):
            np.concatenate([cat, np.zeros((pad, cat.shape[1]), cat.dtype)]), label, count)
 
 
-def _open_output(path: str):
-  return gzip.open(path, "wt") if path.endswith(".gz") else open(path, "w")
+class NonFiniteOutputError(ValueError):
+  """The model scored some rows NaN or Inf: nothing is written."""
+
+
+def _open_output(path: str, compress: bool):
+  return gzip.open(path, "wt") if compress else open(path, "w")
+
+
+def _partial_path(path: str) -> str:
+  """Where the output is written until every row scored finite (then renamed)."""
+  head, tail = os.path.split(path)
+  return os.path.join(head, f".{tail}.partial")
 
 
 def predict_file(scorer: Scorer, input_path: str, output_path: str, *, batch_size: int = 8192,
@@ -166,8 +177,12 @@ def predict_file(scorer: Scorer, input_path: str, output_path: str, *, batch_siz
     progress: called as ``progress(rows, seconds)`` about every `progress_every` s.
     float_format: format of each probability (the default round-trips float32).
 
+  The output appears under its name only once every row has scored a finite
+  probability; until then it is written beside it as ``.NAME.partial``.
+
   Raises:
     CriteoFormatError: a malformed row (file, line, field).
+    NonFiniteOutputError: some rows scored NaN or Inf (nothing is written).
     ValueError: a model whose inputs do not match its schema's columns.
   """
   schema = scorer.schema
@@ -177,14 +192,15 @@ def predict_file(scorer: Scorer, input_path: str, output_path: str, *, batch_siz
                      f" {schema.num_dense} and {schema.num_fields}")
   start = last_report = time.perf_counter()
   has_label, blocks = tabular.iter_rows_to_score(input_path, schema, block_rows)
-  probs_parts, label_parts, rows = [], [], 0
+  probs_parts, label_parts, rows, nonfinite = [], [], 0, 0
   in_flight: list[tuple[jax.Array, np.ndarray, int]] = []
 
   def drain(out, keep: int):
-    nonlocal rows, last_report
+    nonlocal rows, last_report, nonfinite
     while len(in_flight) > keep:
       probs, labels, real = in_flight.pop(0)
       probs = np.asarray(probs)[:real]
+      nonfinite += int(np.count_nonzero(~np.isfinite(probs)))
       out.write("".join(float_format.format(p) + "\n" for p in probs.tolist()))
       probs_parts.append(probs)
       label_parts.append(labels)
@@ -194,11 +210,21 @@ def predict_file(scorer: Scorer, input_path: str, output_path: str, *, batch_siz
         progress(rows, now - start)
         last_report = now
 
-  with _open_output(output_path) as out:
-    for dense, cat, labels, real in _batches(_encoded_blocks(scorer, blocks), batch_size):
-      in_flight.append((scorer.score(dense, cat), labels[:real], real))
-      drain(out, keep=1)  # one batch computes while the previous one is written
-    drain(out, keep=0)
+  partial = _partial_path(output_path)
+  try:
+    with _open_output(partial, compress=output_path.endswith(".gz")) as out:
+      for dense, cat, labels, real in _batches(_encoded_blocks(scorer, blocks), batch_size):
+        in_flight.append((scorer.score(dense, cat), labels[:real], real))
+        drain(out, keep=1)  # one batch computes while the previous one is written
+      drain(out, keep=0)
+    if nonfinite:
+      raise NonFiniteOutputError(
+          f"{scorer.source}: {nonfinite:,} of {rows:,} rows of {input_path} scored a non-finite"
+          f" probability; nothing written to {output_path}")
+    os.replace(partial, output_path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
   seconds = time.perf_counter() - start
   probs = np.concatenate(probs_parts) if probs_parts else np.zeros(0, np.float32)
   labels = np.concatenate(label_parts) if has_label and label_parts else None

@@ -9,11 +9,15 @@ and the end. With policy "stop", `check` raises `NonFiniteError` naming the
 first bad step before anything is saved, so the newest checkpoint is the last
 good state; the steps run after the bad one, until the check, are discarded.
 With "skip", it adds the skipped batches to `skipped` and training goes on.
+
+A model is also refused where it is used: `require_finite_params` raises
+`NonFiniteParamsError` (naming the first array holding NaN or Inf) before
+evaluation, prediction or export.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +35,35 @@ class NonFiniteError(RuntimeError):
             else "no checkpoint had been written yet")
     super().__init__(f"non-finite loss or gradient at step {step}; training stopped and {kept}")
     self.step, self.last_checkpoint = step, last_checkpoint
+
+
+class NonFiniteParamsError(ValueError):
+  """A model whose parameters hold NaN or Inf: refused for evaluation, scoring and export."""
+
+
+@jax.jit
+def _nonfinite_counts(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.stack([jnp.sum(~jnp.isfinite(x)) for x in leaves])
+
+
+def require_finite_params(variables: Any, where: str) -> None:
+  """Raises NonFiniteParamsError unless every float array of `variables` is finite.
+
+  One device reduction per array and a single host transfer.
+  """
+  flat = [(path, x) for path, x in jax.tree_util.tree_flatten_with_path(variables)[0]
+          if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not flat:
+    return
+  counts = jax.device_get(_nonfinite_counts([x for _, x in flat]))
+  bad = [("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path),
+          int(n), x.size)
+         for (path, x), n in zip(flat, counts) if n]
+  if bad:
+    name, count, size = bad[0]
+    more = f" (and {len(bad) - 1} more arrays)" if len(bad) > 1 else ""
+    raise NonFiniteParamsError(f"{where}: the model's parameters are not finite: {name} holds"
+                               f" {count:,} NaN/Inf of {size:,} values{more}; refusing to use it")
 
 
 class NonFiniteMonitor:

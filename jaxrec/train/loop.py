@@ -28,7 +28,8 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, param_bytes, param_count
 from jaxrec.models.registry import ModelConfig, build_regularizer
 from jaxrec.train import metrics as metrics_lib
-from jaxrec.train import factorize_phase, faults, run_dir, scalars, schedules, selection, sparse
+from jaxrec.train import (factorize_phase, faults, preemption, run_dir, scalars, schedules,
+                          selection, sparse)
 from jaxrec.train.checkpoint import Checkpointer
 from jaxrec.train import sharding as sharding_lib
 from jaxrec.train.sharding import MeshConfig, host_batches
@@ -166,7 +167,12 @@ def predict_dataset(predict, params, tables, dataset: CTRDataset, batch_size: in
 
 def evaluate(predict, params, tables, dataset: CTRDataset, batch_size: int,
              train_positive_rate: float, sharding=None) -> dict[str, float]:
-  """`ctr_metrics` of `predict` over every row of `dataset`, plus "probs" and timings."""
+  """`ctr_metrics` of `predict` over every row of `dataset`, plus "probs" and timings.
+
+  A model with NaN/Inf parameters is refused (faults.NonFiniteParamsError)
+  rather than scored.
+  """
+  faults.require_finite_params({"params": params, "tables": tables}, "evaluation")
   start = time.perf_counter()
   probs = predict_dataset(predict, params, tables, dataset, batch_size, sharding)
   seconds = time.perf_counter() - start
@@ -324,11 +330,22 @@ def _sum_steps(metrics: dict) -> dict:
           for k, v in metrics.items()}
 
 
+def _stop_with_checkpoint(signum: int, step: int, checkpointer: Checkpointer,
+                          save: Callable[[], None], saving: bool) -> None:
+  """Ends a run stopped by a signal: checkpoints `step` (unless just saved) and raises."""
+  if saving and checkpointer.latest_step() != step:
+    save()
+  checkpointer.close()
+  logging.info("stopped by signal %d after step %d", signum, step)
+  raise preemption.Stopped(signum, step, checkpointer.latest_step() if saving else None)
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = False,
                        on_end: Callable[[CTRModel, dict, Any], None] | None = None,
                        on_event: Callable[[str, int], None] | None = None,
                        splits: Splits | None = None,
-                       vocabulary: Any = None) -> dict:
+                       vocabulary: Any = None,
+                       stop: preemption.StopSignals | None = None) -> dict:
   """Trains, evaluates on the whole test split, writes reports; returns metrics.json's dict.
 
   The rows come from `config.data`, or from `splits` when given (then
@@ -339,12 +356,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   called after each train step ("step"), in the middle of each validation
   evaluation ("eval": predictions made, history not yet written) and after each
   checkpoint ("save"); the fault-injection tests kill the process from it.
+  `stop` (installed by the command): a SIGTERM / SIGINT while steps run ends the
+  run after the current step group with a checkpoint (`preemption.Stopped`).
 
   Raises:
     ResumeError: `resume` with a run directory written by another config.
+    checkpoint.CheckpointError: `resume` where no checkpoint verifies.
     faults.NonFiniteError: a non-finite loss with `config.on_nonfinite == "stop"`.
+    preemption.Stopped: `stop` received a signal while steps ran.
   """
   on_event = on_event or (lambda kind, step: None)
+  stop = stop or preemption.StopSignals()  # not installed: never requested
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, "config.json")
   history_path = os.path.join(workdir, "history.jsonl")
@@ -354,6 +376,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         saved = json.load(f)
     except ValueError as e:
       raise ResumeError(f"cannot resume: {config_path} is not valid JSON ({e})") from None
+    if not isinstance(saved, dict):
+      raise ResumeError(f"cannot resume: {config_path} holds no config object")
     check_resume_compatible(saved, config)
 
   if splits is None:
@@ -393,7 +417,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   step, running = 0, None  # running: loss sums since the last train record, on device
   monitor = faults.NonFiniteMonitor(config.on_nonfinite)
   selected = selection.Selection(config.select_metric, config.early_stopping_patience)
-  if resume and checkpointer.latest_step() is not None:
+  if resume and checkpointer.steps():
+    # The newest step that verifies (newer damaged ones are logged and set aside).
     factorized = checkpointer.read_meta().get("factorized")
     if factorized is not None:  # saved while fine-tuning: restore into its structure
       state, factorize_config = factorize_phase.with_ranks(
@@ -401,7 +426,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
       state = training.place_state(state)
       factorize_report, pending_factorize = factorized["report"], False
       factorized_from = dense_steps
-    state, meta = checkpointer.restore(state, resizable_rows=resizable)
+    state, meta = checkpointer.restore(state, resizable_rows=resizable, set_aside_damaged=True)
     step = int(meta["step"])
     monitor.skipped = int(meta.get("skipped_nonfinite_batches", 0))
     selected.restore(meta.get("selection", {}))
@@ -465,7 +490,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
   train_seconds, timed_examples, compile_seconds = 0.0, 0, 0.0
   compiled = set()  # the step functions called so far: their first call compiles
   window_start, window_steps = time.perf_counter(), 0
-  while (step < total_steps or pending_factorize) and not selected.should_stop:
+  stop.deferring = True  # a signal from here on ends the run at the next step-group end
+  while ((step < total_steps or pending_factorize) and not selected.should_stop
+         and stop.requested is None):
     if pending_factorize and step >= dense_steps:
       factorize_trained()
       pending_factorize, finetune_start = False, train_seconds + compile_seconds
@@ -540,12 +567,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, resume: bool = Fals
         if do_save or (checkpoints and (improved or selected.should_stop)):
           save(is_selected=improved)
         tic = time.perf_counter()
-      if (step >= total_steps or selected.should_stop
+      if (step >= total_steps or selected.should_stop or stop.requested is not None
           or (pending_factorize and step >= dense_steps)):
         break
     jax.block_until_ready(state.step)
     train_seconds += time.perf_counter() - tic
+  stop.deferring = False
   check_finite()
+  if stop.requested is not None:
+    scalar_log.close()
+    _stop_with_checkpoint(stop.requested, step, checkpointer, save, config.checkpoint_every >= 0)
   if selected.should_stop:
     logging.info("early stopping at step %d: %d evaluations without a better validation %s",
                  step, selected.evals_since_best, config.select_metric)

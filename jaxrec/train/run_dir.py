@@ -34,6 +34,7 @@ from jaxrec.data.criteo import Vocabulary
 from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, Variables
 from jaxrec.models.registry import ModelConfig
+from jaxrec.train import faults
 from jaxrec.train.checkpoint import Checkpointer
 
 MODEL_SPEC_FILE = "model_spec.json"
@@ -156,8 +157,13 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   """Rebuilds the model of run `workdir` and restores a checkpoint: `step`, or by default
   the model selected on validation (the one metrics.json reports), else the latest.
 
+  The checkpoint is verified first (`jaxrec.train.checkpoint`): without `step`,
+  the newest one that verifies is used and each newer damaged one is logged.
+
   Raises:
     FileNotFoundError: not a run directory, or no checkpoint in it.
+    checkpoint.CheckpointError: `step` (or every step) is damaged or unreadable.
+    faults.NonFiniteParamsError: the parameters hold NaN or Inf.
   """
   spec = load_spec(workdir)
   if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
@@ -175,6 +181,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   tables = {name: t[:rows[name]] for name, t in state["tables"].items()}
   variables = {"params": state["params"], "tables": tables}
   variables = jax.tree_util.tree_map(jnp.asarray, variables)
+  faults.require_finite_params(variables, f"{workdir} (checkpoint step {meta['step']})")
   vocab_path = os.path.join(workdir, VOCAB_FILE)
   vocabulary = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
   return Run(model=model, variables=variables, spec=spec, vocabulary=vocabulary,
