@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 
 from absl import flags, logging
 
@@ -63,7 +64,7 @@ def main(argv):
         raise ValueError(f"--schema={FLAGS.schema}: fields {schema.field_names} differ from the"
                          f" model's {own.field_names}")
       scorer = dataclasses.replace(scorer, schema=schema)
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # damaged artifacts too
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

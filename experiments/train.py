@@ -528,6 +528,13 @@ def _main(argv, stop):
   except preemption.Stopped as e:
     print(f"{e}; resume with:\n  {resume_command(output_dir, sys.argv)}", file=sys.stderr)
     sys.exit(preemption.exit_code(e.signum))
+  except preemption.Interrupted as e:  # before or after the steps: nothing to finish
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    resumable = os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints))
+    how = (f"resume with:\n  {resume_command(output_dir, sys.argv)}" if resumable
+           else "no checkpoint was written")
+    print(f"\n{e} outside the training steps; {how}", file=sys.stderr)
+    sys.exit(preemption.exit_code(e.signum))
 
 
 def _train(config, output_dir: str, stop) -> None:
