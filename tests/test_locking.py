@@ -1,15 +1,18 @@
-"""File locks between processes: refuse or wait, owners named, stale locks taken over."""
+"""File locks between processes: refuse or wait, owners named, stale locks taken over;
+preprocessing jobs on one directory or cache entry work one at a time and reuse."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from jaxrec import locking
+from jaxrec.data import preprocess, sources
 
 from conftest import REPO
 
@@ -78,3 +81,33 @@ def test_wait_for_file(tmp_path):
     locking.wait_for_file(str(path), 0.2, poll=0.05, what="process 0")
   path.write_text("{}")
   locking.wait_for_file(str(path), 0.2)
+
+
+def test_a_second_preprocessing_job_waits_then_reuses(criteo_kaggle_path, tmp_path):
+  out = str(tmp_path / "data")
+  cmd = [sys.executable, "-m", "experiments.preprocess", f"--input={criteo_kaggle_path}",
+         f"--output_dir={out}"]
+  with locking.hold(os.path.join(out, preprocess.LOCK)):  # a first job, still at work
+    waiting = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    first = waiting.stdout.readline()
+    assert first.startswith(f"waiting for {out}/{preprocess.LOCK}, held by pid {os.getpid()}")
+    assert not preprocess.is_preprocessed(out)
+  stdout, stderr = waiting.communicate(timeout=600)
+  assert waiting.returncode == 0 and preprocess.is_preprocessed(out), stderr[-2000:]
+  again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and "reusing it" in again.stdout, again.stderr[-2000:]
+
+
+def test_training_jobs_share_a_cache_entry_one_at_a_time(criteo_kaggle_path, tmp_path):
+  config = sources.DataConfig(source=criteo_kaggle_path, cache_dir=str(tmp_path))
+  entry = sources.preprocessed_dir(config, report=lambda msg: None)
+  said, done = [], []
+  worker = threading.Thread(target=lambda: done.append(sources.preprocessed_dir(
+      config, report=said.append)))
+  with locking.hold(entry + ".lock"):  # another job at work on the entry
+    worker.start()
+    time.sleep(1.0)
+    assert not done and len(said) == 1 and said[0].startswith(f"waiting for {entry}.lock")
+  worker.join(timeout=600)
+  assert done == [entry] and "reusing it" in said[-1]
