@@ -482,9 +482,15 @@ RUN_LOCK = "run.lock"
 
 def resume_command(output_dir: str, argv: list[str]) -> str:
   """The command line that continues this run: its flags, --output_dir and --resume."""
-  flags_given = [a for a in argv[1:] if a.split("=")[0] not in
-                 ("--resume", "--noresume", "--resume=true", "--output_dir")]
-  return shlex.join(["python", "-m", "experiments.train", *flags_given,
+  kept, args = [], iter(argv[1:])
+  for arg in args:
+    name = arg.split("=")[0].lstrip("-")
+    if name in ("output_dir", "resume", "noresume"):
+      if arg.lstrip("-") == "output_dir":  # "--output_dir DIR": the value is the next word
+        next(args, None)
+      continue
+    kept.append(arg)
+  return shlex.join(["python", "-m", "experiments.train", *kept,
                      f"--output_dir={output_dir}", "--resume"])
 
 
@@ -526,7 +532,9 @@ def _main(argv, stop):
     cli.fail(f"--output_dir={output_dir} is in use by another run ({holder}); wait for it"
              " to end or choose another --output_dir")
   except preemption.Stopped as e:
-    print(f"{e}; resume with:\n  {resume_command(output_dir, sys.argv)}", file=sys.stderr)
+    how = ("resume with:\n  " + resume_command(output_dir, sys.argv)
+           if e.checkpoint_step is not None else "the run cannot be resumed")
+    print(f"{e}; {how}", file=sys.stderr)
     sys.exit(preemption.exit_code(e.signum))
   except preemption.Interrupted as e:  # before or after the steps: nothing to finish
     checkpoints = os.path.join(output_dir, "checkpoints")

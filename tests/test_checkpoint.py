@@ -149,3 +149,10 @@ def test_predict_refuses_non_finite_probabilities_and_writes_nothing(tmp_path):
                            " nothing written"):
     predict_lib.predict_file(scorer, str(rows), str(out), batch_size=16)
   assert os.listdir(tmp_path) == ["rows.tsv"]
+
+
+def test_evaluation_refuses_non_finite_parameters():
+  from jaxrec.train import loop
+  params = {"dense": {"kernel": jnp.array([[1.0, jnp.nan]])}}
+  with pytest.raises(faults.NonFiniteParamsError, match="evaluation: .*dense/kernel holds 1"):
+    loop.evaluate(None, params, {"t": jnp.zeros((3, 2))}, None, 8, 0.5)

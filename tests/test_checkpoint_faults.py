@@ -192,3 +192,17 @@ def test_no_verified_checkpoint_is_one_line_and_exit_2(runs, tmp_path):
   proc = _cli("experiments.predict", f"--checkpoint={run}", f"--input={rows}",
               f"--output={tmp_path / 'probs.txt'}")
   assert proc.returncode == 2 and "no checkpoint verifies" in proc.stderr
+
+
+def test_export_uses_the_newest_verified_step_and_refuses_a_damaged_one(runs, tmp_path):
+  base = runs[0]
+  run = str(tmp_path / "run")
+  shutil.copytree(base, run)
+  CASES["flip_64_bytes_in_array"](run)
+  artifact = str(tmp_path / "m.npz")
+  args = [f"--checkpoint={run}", f"--output={artifact}", "--platforms=cpu"]
+  proc = _cli("experiments.export", *args, "--step=20")
+  assert proc.returncode == 2 and "checkpoint step 20" in proc.stderr.strip().splitlines()[-1]
+  assert not os.path.exists(artifact)
+  proc = _cli("experiments.export", *args)
+  assert proc.returncode == 0 and f"exported step 10 of {run}" in proc.stdout, proc.stderr[-2000:]
