@@ -156,3 +156,19 @@ def test_evaluation_refuses_non_finite_parameters():
   params = {"dense": {"kernel": jnp.array([[1.0, jnp.nan]])}}
   with pytest.raises(faults.NonFiniteParamsError, match="evaluation: .*dense/kernel holds 1"):
     loop.evaluate(None, params, {"t": jnp.zeros((3, 2))}, None, 8, 0.5)
+
+
+def test_load_run_falls_back_when_the_selected_model_is_damaged(tmp_path, caplog):
+  spec = run_dir.ModelSpec(ModelConfig(bottom_mlp=(8, 4), top_mlp=(8, 1)),
+                           EmbeddingConfig(dim=4), (5,) * 26)
+  variables = spec.build().init(jax.random.key(0))
+  workdir = str(tmp_path)
+  run_dir.write_model_files(workdir, spec)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  for step in (1, 2, 3):
+    ckpt.save(step, variables, {"step": step}, selected=step == 1)
+  ckpt.close()
+  assert run_dir.load_run(workdir).step == 1  # the selected model
+  os.remove(os.path.join(workdir, "checkpoints", "1", "meta", "metadata"))
+  assert run_dir.load_run(workdir).step == 3
+  assert "checkpoint step 1" in caplog.text and "selected on validation is damaged" in caplog.text

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from jaxrec.data import schema as schema_lib
 from jaxrec.data.criteo import Vocabulary
@@ -35,7 +36,7 @@ from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.ctr_model import CTRModel, Variables
 from jaxrec.models.registry import ModelConfig
 from jaxrec.train import faults
-from jaxrec.train.checkpoint import Checkpointer
+from jaxrec.train.checkpoint import Checkpointer, CheckpointError
 
 MODEL_SPEC_FILE = "model_spec.json"
 VOCAB_FILE = "vocab.npz"
@@ -153,12 +154,28 @@ def load_spec(workdir: str) -> ModelSpec:
     return ModelSpec.from_json(json.load(f), where=path)
 
 
+def _verified_selected_step(checkpointer: Checkpointer) -> int | None:
+  """The selected step if it verifies; else None (the newest verified one is used)."""
+  selected = checkpointer.selected_step()
+  if selected is None:
+    return None
+  try:
+    checkpointer.verify(selected)
+    return selected
+  except CheckpointError as e:
+    if selected != checkpointer.latest_step():  # else restoring the latest names it
+      logging.warning("%s; the model selected on validation is damaged, using the newest"
+                      " checkpoint that verifies", e)
+    return None
+
+
 def load_run(workdir: str, step: int | None = None) -> Run:
   """Rebuilds the model of run `workdir` and restores a checkpoint: `step`, or by default
   the model selected on validation (the one metrics.json reports), else the latest.
 
-  The checkpoint is verified first (`jaxrec.train.checkpoint`): without `step`,
-  the newest one that verifies is used and each newer damaged one is logged.
+  The checkpoint is verified first (`jaxrec.train.checkpoint`). Without `step`,
+  a selected model that does not verify is logged and the newest checkpoint
+  that verifies is used instead (each newer damaged one is logged too).
 
   Raises:
     FileNotFoundError: not a run directory, or no checkpoint in it.
@@ -171,7 +188,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   try:
     if step is None:
-      step = checkpointer.selected_step()
+      step = _verified_selected_step(checkpointer)
     state, meta = checkpointer.restore(step=step)
   finally:
     checkpointer.close()
