@@ -265,10 +265,16 @@ class Checkpointer:
       write_checksums(self.step_dir(step), step)
 
   def read_meta(self, step: int | None = None) -> dict:
-    """The meta dict saved with checkpoint `step` (None: the latest), without the state."""
-    step = self.latest_step() if step is None else step
+    """The meta dict saved with checkpoint `step` (None: the newest that verifies, the one
+    `restore` picks), without the state; verified as `restore` verifies."""
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      if not self.steps():
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      step = self.latest_verified_step()[0]
+      if step is None:  # restore() names every fault
+        return {}
+    else:
+      self.verify(step)
     with _quiet():
       restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
