@@ -119,8 +119,9 @@ def hold(path: str, *, wait: float | None = 0.0, poll: float = 0.5,
     stale = _read_owner(path)  # a holder that died: it never cleared its record
     if stale and report is not None:
       report(f"{path}: took over a stale lock of {describe(stale)}, which is no longer running")
+    now = datetime.datetime.now(datetime.timezone.utc)
     owner = {"pid": os.getpid(), "host": socket.gethostname(),
-             "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+             "since": now.strftime("%Y-%m-%d %H:%M:%S UTC")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(owner).encode(), 0)
     yield owner

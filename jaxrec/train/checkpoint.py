@@ -309,9 +309,9 @@ class Checkpointer:
         raise FileNotFoundError(f"no checkpoint in {self.directory}")
       step, failures = self.latest_verified_step()
       if step is None:
-        raise NoVerifiedCheckpointError(None, self.directory, "no checkpoint verifies: " + "; ".join(
-            f"step {e.step}: {os.path.relpath(e.where, self.directory)} {e.what}"
-            for e in failures))
+        faults = "; ".join(f"step {e.step}: {os.path.relpath(e.where, self.directory)} {e.what}"
+                           for e in failures)
+        raise NoVerifiedCheckpointError(None, self.directory, f"no checkpoint verifies: {faults}")
       for e in failures:
         logging.warning("%s; using step %d, the newest checkpoint that verifies", e, step)
       if failures and set_aside_damaged:
