@@ -43,7 +43,8 @@ def test_train_refuses_a_mesh_that_does_not_fit_in_one_line(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   args = [sys.executable, "-m", "experiments.train", "--synthetic_rows=2000",
           "--synthetic_max_vocab=5000", "--embedding_dim=16", "--device_memory_gb=0.0005",
-          "--bottom_mlp=16-16", "--top_mlp=16-1",
+          "--bottom_mlp=16-16", "--top_mlp=16-1", "--optimizer=sgd",
+          "--embedding_optimizer=sgd",
           f"--output_dir={tmp_path}/run"]
   for extra, where in (([], "one device (no --mesh)"),
                        (["--mesh=model:2"], "--mesh=data:1,model:2")):
