@@ -379,7 +379,12 @@ _READ_OPTIONS = _read_options(block_size=1 << 22)  # 4 MB: parsed in parallel
 def read_raw(path: str, *, on_bad_row: str = "error",
              bad_rows: BadRowLog | None = None) -> RawBlock:
   """Reads a whole (small) raw file into one block (see `iter_raw_blocks`)."""
-  blocks = list(iter_raw_blocks(path, on_bad_row=on_bad_row, bad_rows=bad_rows))
+  return concat_blocks(path, iter_raw_blocks(path, on_bad_row=on_bad_row, bad_rows=bad_rows))
+
+
+def concat_blocks(path: str, blocks) -> RawBlock:
+  """The blocks read from `path` as one block (line numbers kept); an error when none."""
+  blocks = list(blocks)
   if not blocks:
     raise CriteoFormatError(path, None, None, "no valid rows (all were skipped)")
   lines = None

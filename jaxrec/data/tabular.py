@@ -392,16 +392,8 @@ def iter_raw_blocks(path: str, schema: Schema, block_rows: int = 1 << 16, *,
 def read_raw(path: str, schema: Schema, *, on_bad_row: str = "error",
              bad_rows: BadRowLog | None = None) -> RawBlock:
   """A whole (small) file of `schema` as one block."""
-  blocks = list(iter_raw_blocks(path, schema, on_bad_row=on_bad_row, bad_rows=bad_rows))
-  if not blocks:
-    raise CriteoFormatError(path, None, None, "no valid rows (all were skipped)")
-  lines = None
-  if any(b.lines is not None for b in blocks):
-    lines = np.concatenate([b.line_numbers() for b in blocks])
-  return RawBlock(label=np.concatenate([b.label for b in blocks]),
-                  dense=np.concatenate([b.dense for b in blocks]),
-                  cat_keys=np.concatenate([b.cat_keys for b in blocks]),
-                  first_line=1, lines=lines)
+  return criteo.concat_blocks(
+      path, iter_raw_blocks(path, schema, on_bad_row=on_bad_row, bad_rows=bad_rows))
 
 
 def transform_dense(schema: Schema, dense: np.ndarray) -> np.ndarray:
