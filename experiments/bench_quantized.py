@@ -249,18 +249,8 @@ def main(argv):
     print(f"error: --formats: unknown {unknown}; choose from {list(FORMATS)[1:]}",
           file=sys.stderr)
     sys.exit(2)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  data = FLAGS.data or os.path.join(os.path.dirname(repo), "shared", "data", "criteo",
-                                    "criteo_kaggle_train_first10k.tsv")
-  if not os.path.isfile(data):
-    print(f"error: --data={data}: no such file", file=sys.stderr)
-    sys.exit(2)
-  try:
-    batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-  except ValueError:
-    print(f"error: --batch_sizes={','.join(FLAGS.batch_sizes)}: integers expected",
-          file=sys.stderr)
-    sys.exit(2)
+  data = cli.existing_file("data", FLAGS.data)
+  batch_sizes = cli.int_list("batch_sizes", FLAGS.batch_sizes)
   import jax
   from experiments.benchmark import table_sizes
   from jaxrec.layers.embeddings import EmbeddingConfig

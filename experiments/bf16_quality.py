@@ -14,7 +14,6 @@ default on CPUs with bfloat16 units (the rule: every |ΔAUC| within
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 from absl import flags
@@ -64,12 +63,7 @@ def render(rows: list[dict], tolerance: float) -> str:
 
 def main(argv):
   cli.check_no_arguments(argv)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  data = FLAGS.data or os.path.join(os.path.dirname(repo), "shared", "data", "criteo",
-                                    "criteo_kaggle_train_first10k.tsv")
-  if not os.path.isfile(data):
-    print(f"error: --data={data}: no such file", file=sys.stderr)
-    sys.exit(2)
+  data = cli.existing_file("data", FLAGS.data)
   rows = []
   with tempfile.TemporaryDirectory() as work_dir:
     for label, source in (("real sample", data), ("synthetic", "synthetic")):

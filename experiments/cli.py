@@ -17,6 +17,7 @@ line on stderr and exit code 2, never a traceback:
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -50,3 +51,25 @@ def parse_flags(argv: list[str]) -> list[str]:
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run` with `parse_flags`."""
   app.run(main, flags_parser=parse_flags)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The real Criteo Kaggle sample beside the checkout (../shared/data), the figures' default data.
+CRITEO_SAMPLE = os.path.join(os.path.dirname(REPO), "shared", "data", "criteo",
+                             "criteo_kaggle_train_first10k.tsv")
+
+
+def existing_file(flag: str, path: str | None, default: str = CRITEO_SAMPLE) -> str:
+  """`path` (or `default`) when it is a file; else one line naming `--flag`, exit 2."""
+  path = path or default
+  if not os.path.isfile(path):
+    fail(f"--{flag}={path}: no such file")
+  return path
+
+
+def int_list(flag: str, values: list[str]) -> list[int]:
+  """A list flag's values as integers; else one line naming `--flag`, exit 2."""
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    fail(f"--{flag}={','.join(values)}: integers expected")

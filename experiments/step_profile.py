@@ -205,12 +205,7 @@ def render(results: list[dict], top: int) -> str:
 
 def main(argv):
   cli.check_no_arguments(argv)
-  try:
-    batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-  except ValueError:
-    print(f"error: --batch_sizes={','.join(FLAGS.batch_sizes)}: integers expected",
-          file=sys.stderr)
-    sys.exit(2)
+  batch_sizes = cli.int_list("batch_sizes", FLAGS.batch_sizes)
   bad = [d for d in FLAGS.compute_dtypes if d not in ("float32", "bfloat16")]
   if bad:
     print(f"error: --compute_dtypes: unknown {bad} (float32, bfloat16)", file=sys.stderr)
