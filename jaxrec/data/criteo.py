@@ -299,10 +299,29 @@ def parse_block(path: str, first_line: int, buf: bytes, on_bad_row: str = "error
       block = _to_block(table, first_line, pool)
       if block is not None:
         return block
+  kept = good_lines(path, first_line, buf, _line_error, on_bad_row, bad_rows)
+  if kept is None:
+    return None
+  good, keep = kept
+  table = pacsv.read_csv(pa.py_buffer(good), *_READ_OPTIONS)
+  block = _to_block(table, first_line, pool)
+  if block is None or len(block) != len(keep):
+    raise CriteoFormatError(path, first_line, None, "unreadable block after skipping bad lines")
+  return dataclasses.replace(block, lines=first_line + np.asarray(keep, dtype=np.int64))
+
+
+def good_lines(path: str, first_line: int, buf: bytes, line_error, on_bad_row: str,
+               bad_rows: BadRowLog | None) -> tuple[bytes, list[int]] | None:
+  """The lines of `buf` that `line_error` accepts, re-joined, and their indices in it.
+
+  A rejected line raises its CriteoFormatError unless `on_bad_row` is "skip" (then it is
+  counted in `bad_rows`); None when every line was skipped. A block the fast parser refused
+  although every line passes on its own is an error, not a silent loss.
+  """
   lines = buf.split(b"\n")[:-1]
   keep = []
   for i, text in enumerate(lines):
-    err = _line_error(text)
+    err = line_error(text)
     if err is None:
       keep.append(i)
       continue
@@ -316,12 +335,7 @@ def parse_block(path: str, first_line: int, buf: bytes, on_bad_row: str = "error
   if len(keep) == len(lines):
     raise CriteoFormatError(path, first_line, None,
                             "unreadable block (no single bad line found)")
-  good = b"\n".join(lines[i].rstrip(b"\r") for i in keep) + b"\n"
-  table = pacsv.read_csv(pa.py_buffer(good), *_READ_OPTIONS)
-  block = _to_block(table, first_line, pool)
-  if block is None or len(block) != len(keep):
-    raise CriteoFormatError(path, first_line, None, "unreadable block after skipping bad lines")
-  return dataclasses.replace(block, lines=first_line + np.asarray(keep, dtype=np.int64))
+  return b"\n".join(lines[i].rstrip(b"\r") for i in keep) + b"\n", keep
 
 
 def iter_raw_blocks(path: str, block_rows: int = 1 << 18, *, on_bad_row: str = "error",

@@ -242,24 +242,10 @@ def parse_block(fmt: TextFormat, first_line: int, buf: bytes, on_bad_row: str = 
     block = _to_block(fmt.schema, table, first_line)
     if block is not None:
       return block
-  lines = buf.split(b"\n")[:-1]
-  keep = []
-  for i, text in enumerate(lines):
-    err = fmt.line_error(text)
-    if err is None:
-      keep.append(i)
-      continue
-    error = CriteoFormatError(fmt.path, first_line + i, err[0], err[1])
-    if on_bad_row != "skip":
-      raise error
-    if bad_rows is not None:
-      bad_rows.add(error)
-  if not keep:
+  kept = criteo.good_lines(fmt.path, first_line, buf, fmt.line_error, on_bad_row, bad_rows)
+  if kept is None:
     return None
-  if len(keep) == len(lines):
-    raise CriteoFormatError(fmt.path, first_line, None,
-                            "unreadable block (no single bad line found)")
-  good = b"\n".join(lines[i].rstrip(b"\r") for i in keep) + b"\n"
+  good, keep = kept
   table = pacsv.read_csv(pa.py_buffer(good), *options)
   block = _to_block(fmt.schema, table, first_line)
   if block is None or len(block) != len(keep):
