@@ -38,7 +38,8 @@ flags.DEFINE_string("data", "synthetic",
                     " once into --cache_dir.")
 flags.DEFINE_string("schema", "criteo", "Columns of raw --data and their encoding: a preset"
                     " (criteo, criteo_terabyte, avazu) or a JSON schema file (docs/datasets.md).")
-flags.DEFINE_integer("synthetic_rows", 200_000, "Rows of the synthetic dataset.")
+# Many rows: the model selected on validation is the first epoch's (later ones over-fit).
+flags.DEFINE_integer("synthetic_rows", 600_000, "Rows of the synthetic dataset.")
 flags.DEFINE_integer("synthetic_max_vocab", 100_000,
                      "Cap on synthetic table sizes; 0 = real Kaggle cardinalities (33.8M rows).")
 flags.DEFINE_integer("min_frequency", 2,
