@@ -310,6 +310,14 @@ def parse_block(path: str, first_line: int, buf: bytes, on_bad_row: str = "error
   return dataclasses.replace(block, lines=first_line + np.asarray(keep, dtype=np.int64))
 
 
+def skip_or_raise(error: CriteoFormatError, on_bad_row: str, bad_rows: BadRowLog | None) -> None:
+  """A bad row: raised, or with `on_bad_row="skip"` counted in `bad_rows`."""
+  if on_bad_row != "skip":
+    raise error
+  if bad_rows is not None:
+    bad_rows.add(error)
+
+
 def good_lines(path: str, first_line: int, buf: bytes, line_error, on_bad_row: str,
                bad_rows: BadRowLog | None) -> tuple[bytes, list[int]] | None:
   """The lines of `buf` that `line_error` accepts, re-joined, and their indices in it.
@@ -325,11 +333,7 @@ def good_lines(path: str, first_line: int, buf: bytes, line_error, on_bad_row: s
     if err is None:
       keep.append(i)
       continue
-    error = CriteoFormatError(path, first_line + i, err[0], err[1])
-    if on_bad_row != "skip":
-      raise error
-    if bad_rows is not None:
-      bad_rows.add(error)
+    skip_or_raise(CriteoFormatError(path, first_line + i, err[0], err[1]), on_bad_row, bad_rows)
   if not keep:
     return None
   if len(keep) == len(lines):
@@ -552,6 +556,15 @@ class FrequencyCounter:
     return out
 
 
+def _for_each_column(fn, num_columns: int, pool=None) -> None:
+  """fn(j) for every column j, on `pool` (a concurrent.futures executor) when given."""
+  if pool is None:
+    for j in range(num_columns):
+      fn(j)
+  else:
+    list(pool.map(fn, range(num_columns)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
   """Per-column sorted keys kept in the vocabulary; id = 1 + position, OOV = 0.
@@ -640,11 +653,7 @@ class Vocabulary:
     ids = np.empty(cat_keys.shape, dtype=np.int32)
     def one(j):
       ids[:, j] = self.encode_column(j, cat_keys[:, j])
-    if pool is None:
-      for j in range(len(self.keys)):
-        one(j)
-    else:
-      list(pool.map(one, range(len(self.keys))))
+    _for_each_column(one, len(self.keys), pool)
     return ids
 
   def encode_slots(self, keys: np.ndarray, bag_lengths: Sequence[int], pool=None
@@ -662,11 +671,7 @@ class Vocabulary:
       encoded = self.encode_column(j, block.reshape(-1)).reshape(block.shape)
       encoded[block == PAD_KEY] = PAD_ID
       ids[:, starts[j]:starts[j] + bag_lengths[j]] = encoded
-    if pool is None:
-      for j in range(len(self.keys)):
-        one(j)
-    else:
-      list(pool.map(one, range(len(self.keys))))
+    _for_each_column(one, len(self.keys), pool)
     return ids
 
   def save(self, path: str) -> None:

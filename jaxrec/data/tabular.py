@@ -340,11 +340,7 @@ def _parquet_rows(path, schema, table, row, on_bad_row, bad_rows) -> RawBlock | 
     label = one.column(schema.label)[0].as_py() if schema.label in one.column_names else 0
     field, reason = ((schema.label, f"label must be 0 or 1, got {label!r}")
                      if str(label) not in ("0", "1") else (None, "invalid derived field"))
-    error = CriteoFormatError(path, row + i, field, reason)
-    if on_bad_row != "skip":
-      raise error
-    if bad_rows is not None:
-      bad_rows.add(error)
+    criteo.skip_or_raise(CriteoFormatError(path, row + i, field, reason), on_bad_row, bad_rows)
   if not keep:
     return None
   block = _to_block(schema, table.take(pa.array(keep)), row)
