@@ -32,9 +32,10 @@ except (ImportError, TypeError):  # pragma: no cover - the transpose stays a dot
 def _row_major_transpose(x: jax.Array) -> jax.Array:
   """xᵀ of a 2-D x, written out row-major on CPU.
 
-  XLA:CPU's fast bfloat16 matmul kernels do not take a left operand that contracts
-  over its major dimension, as ``xᵀ g`` for a weight gradient does, and layout
-  assignment would otherwise fold the transpose into the dot. On other backends
+  XLA:CPU's fast bfloat16 matmul kernels take neither a left operand that contracts
+  over its major dimension (``xᵀ g``, a weight gradient) nor a right one that
+  contracts over its minor dimension (``g wᵀ``, an input gradient); layout
+  assignment would otherwise fold the transpose into the dot and take a slow path. On other backends
   (and in float32, where the copy costs more than it saves) it is a plain transpose.
   """
   if _ROW_MAJOR_2D is None or jax.default_backend() != "cpu":
@@ -57,7 +58,7 @@ def _mixed_matmul_fwd(x, w, dtype):
 def _mixed_matmul_bwd(dtype, residuals, g):
   x_low, w_low, x_like, w_like = residuals
   g_low = g.astype(dtype)
-  d_x = jnp.matmul(g_low, w_low.T, preferred_element_type=jnp.float32)
+  d_x = jnp.matmul(g_low, _row_major_transpose(w_low), preferred_element_type=jnp.float32)
   d_w = jnp.matmul(_row_major_transpose(x_low), g_low, preferred_element_type=jnp.float32)
   return d_x.astype(x_like.dtype), d_w.astype(w_like.dtype)
 
