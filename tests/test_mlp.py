@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxrec.layers.embeddings import EmbeddingConfig
-from jaxrec.layers.mlp import MLP, Dense, mixed_precision_matmul
+from jaxrec.layers.mlp import MLP, Dense, mixed_precision_dense_relu, mixed_precision_matmul
 from jaxrec.models import CTRModel, ModelConfig
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -42,6 +42,43 @@ def test_mixed_precision_matmul_rounds_operands_and_accumulates_in_float32():
                              rtol=1e-5, atol=1e-5)
   # ... and within bfloat16 rounding of the float32 matmul.
   np.testing.assert_allclose(d_w, _exact(x2.T, g2), rtol=0.05, atol=0.3)
+
+
+def test_mixed_precision_dense_relu_is_the_rounded_activation_and_its_exact_gradients():
+  x = jax.random.normal(jax.random.key(10), (2, 30, 37))
+  w = jax.random.normal(jax.random.key(11), (37, 24))
+  b = jax.random.normal(jax.random.key(12), (24,))
+  g = jax.random.normal(jax.random.key(13), (2, 30, 24))
+
+  def loss(x, w, b):
+    return jnp.sum(mixed_precision_dense_relu(x, w, b, jnp.bfloat16).astype(jnp.float32) * g)
+
+  h = jax.jit(mixed_precision_dense_relu, static_argnums=3)(x, w, b, jnp.bfloat16)
+  d_x, d_w, d_b = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, w, b)
+  assert h.dtype == jnp.bfloat16 and d_x.dtype == d_w.dtype == d_b.dtype == jnp.float32
+  x2, g2 = x.reshape(-1, 37), g.reshape(-1, 24)
+  y = _exact(_bf16(x2), _bf16(w)) + b
+  # The activation: ReLU of the float32 product plus bias, rounded once to bfloat16.
+  np.testing.assert_allclose(h.reshape(-1, 24).astype(jnp.float32),
+                             _bf16(jnp.maximum(y, 0)), rtol=1e-2, atol=1e-5)
+  # Gradients: the cotangent masked where the unit is active and rounded to bfloat16,
+  # then float32 sums (the bias) and bf16 x bf16 -> float32 matmuls.
+  g_low = _bf16(jnp.where(y > 0, g2, 0))
+  np.testing.assert_allclose(d_b, g_low.sum(0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(d_w, _exact(_bf16(x2).T, g_low), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(d_x.reshape(-1, 37), _exact(g_low, _bf16(w).T), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_mlp_hidden_layers_take_the_fused_dense_relu():
+  x = jnp.ones((4, 6))
+  mlp = MLP((5, 3, 1), dtype=jnp.bfloat16)
+  params = mlp.init(jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(lambda v: mlp.apply(params, v))(x).jaxpr
+  calls = [str(e.params["call_jaxpr"]) for e in jaxpr.eqns if "custom_vjp" in e.primitive.name]
+  # Two hidden layers with bfloat16 outputs (bias and ReLU inside), then the plain last one.
+  assert [c.count("max") for c in calls] == [1, 1, 0], calls
+  assert [e.outvars[0].aval.dtype for e in jaxpr.eqns
+          if "custom_vjp" in e.primitive.name] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
 
 
 @pytest.mark.parametrize("rank", [None, 4])

@@ -80,6 +80,47 @@ def mixed_precision_matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
   return y.reshape(*lead, w.shape[-1])
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _mixed_dense_relu(x: jax.Array, w: jax.Array, b: jax.Array, dtype: np.dtype) -> jax.Array:
+  return _mixed_dense_relu_fwd(x, w, b, dtype)[0]
+
+
+def _mixed_dense_relu_fwd(x, w, b, dtype):
+  x_low, w_low = x.astype(dtype), w.astype(dtype)
+  y = jnp.matmul(x_low, w_low, preferred_element_type=jnp.float32) + b
+  h = jax.nn.relu(y).astype(dtype)  # bias, ReLU and rounding: one pass over y
+  return h, (x_low, w_low, h, jnp.zeros((0,), x.dtype))
+
+
+def _mixed_dense_relu_bwd(dtype, residuals, g):
+  x_low, w_low, h, x_like = residuals
+  # g is h's cotangent (narrow, as h is); where h > 0 it is the pre-activation's.
+  g_low = jnp.where(h > 0, g, jnp.zeros((), g.dtype)).astype(dtype)
+  d_b = jnp.sum(g_low, axis=0, dtype=jnp.float32)
+  d_w = jnp.matmul(_row_major_transpose(x_low), g_low, preferred_element_type=jnp.float32)
+  d_x = jnp.matmul(g_low, _row_major_transpose(w_low), preferred_element_type=jnp.float32)
+  return d_x.astype(x_like.dtype), d_w, d_b
+
+
+_mixed_dense_relu.defvjp(_mixed_dense_relu_fwd, _mixed_dense_relu_bwd)
+
+
+def mixed_precision_dense_relu(x: jax.Array, w: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  """``relu(x @ w + b)`` ([..., m] @ [m, n]) in `dtype`, from float32 products.
+
+  As `mixed_precision_matmul`, with the bias and ReLU fused into the rounding of
+  the product, so the activation leaves the layer in `dtype` (the next layer's
+  operand as is) and its backward is one masked rounding of the incoming
+  cotangent, feeding the bias sum and both gradient matmuls. Separately, the
+  float32 ReLU mask, the bias reduction and the rounding were three passes over
+  [batch, n] float32 arrays, about a fifth of a bfloat16 DLRM step on CPU.
+  """
+  lead = x.shape[:-1]
+  y = _mixed_dense_relu(x.reshape(-1, x.shape[-1]), vary_like(w, x), vary_like(b, x),
+                        np.dtype(dtype))
+  return y.reshape(*lead, w.shape[-1])
+
+
 def dlrm_kernel_init(key, shape, dtype=jnp.float32):
   """N(0, 2 / (fan_in + fan_out)), the DLRM reference's Linear init."""
   fan_in, fan_out = shape
@@ -108,6 +149,8 @@ class Dense(nn.Module):
     rank: factor rank used at init (None = full kernel). At apply time the
       structure follows the parameters given.
     use_bias: add a bias.
+    relu: apply ReLU to the output (with a narrow `dtype`, a full kernel and a
+      bias: fused, `mixed_precision_dense_relu`, and the output is in `dtype`).
     dtype: compute dtype (e.g. bfloat16): the matmul operands are rounded to it
       and accumulated in float32 (`mixed_precision_matmul`); params and the
       output stay float32.
@@ -116,6 +159,7 @@ class Dense(nn.Module):
   features: int
   rank: int | None = None
   use_bias: bool = True
+  relu: bool = False
   dtype: jnp.dtype | None = None
   kernel_init: nn.initializers.Initializer = dlrm_kernel_init
   bias_init: nn.initializers.Initializer = dlrm_bias_init
@@ -144,7 +188,10 @@ class Dense(nn.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     weights = self.weights(x.shape[-1])
-    if self.dtype is not None and jnp.dtype(self.dtype) != jnp.float32:
+    narrow = self.dtype is not None and jnp.dtype(self.dtype) != jnp.float32
+    if narrow and self.relu and "kernel" in weights and "bias" in weights:
+      return mixed_precision_dense_relu(x, weights["kernel"], weights["bias"], self.dtype)
+    if narrow:
       matmul = functools.partial(mixed_precision_matmul, dtype=self.dtype)
     else:
       matmul = jnp.matmul
@@ -154,7 +201,7 @@ class Dense(nn.Module):
       y = matmul(x, weights["kernel"])
     if "bias" in weights:
       y = y + weights["bias"].astype(y.dtype)
-    return y
+    return nn.relu(y) if self.relu else y
 
 
 def effective_kernel(weights: Mapping[str, jax.Array]) -> jax.Array:
@@ -183,7 +230,6 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     ranks = self.ranks or (None,) * len(self.features)
     for i, (width, rank) in enumerate(zip(self.features, ranks)):
-      x = Dense(width, rank=rank, dtype=self.dtype, name=f"layers_{i}")(x)
-      if i + 1 < len(self.features) or self.activate_final:
-        x = nn.relu(x)
+      relu = i + 1 < len(self.features) or self.activate_final
+      x = Dense(width, rank=rank, relu=relu, dtype=self.dtype, name=f"layers_{i}")(x)
     return x.astype(jnp.float32)
