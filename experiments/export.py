@@ -6,11 +6,13 @@ r"""Export a trained run for serving: the inference function as StableHLO, weigh
 Writes one file that `jaxrec.serving.artifact.ServingModel.load` runs with jax
 alone (no jaxrec model code), and that `experiments.predict --checkpoint=FILE`
 scores raw rows with. The batch dimension is symbolic (any batch size), inputs
-and output are float32 / int32. --quantize=int8|int4 stores the embedding tables
-row-wise quantized (a scale and a bias per row, as the DLRM reference's
---quantize-emb-with-bit) and the network kernels as --quantize_mlp says; the
-exported function dequantizes what it uses (`jaxrec.serving.quantize`, and
-docs/quantized_serving.md for sizes, speed and AUC).
+and output are float32 / int32. --quantize stores the embedding tables row-wise
+quantized: int8 (symmetric codes and one scale byte per row: 17 bytes for a
+16-wide row against 64), or as the DLRM reference's --quantize-emb-with-bit=8|4
+(int8-affine, int4: a float16 scale and bias per row); the network kernels are
+stored as --quantize_mlp says. The exported function dequantizes what it uses
+(`jaxrec.serving.quantize`, and docs/quantized_serving.md for sizes, speed and
+AUC).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for (cpu, cu
 flags.DEFINE_integer("batch_size", 0, "Fixed batch size (0: symbolic batch dimension).")
 flags.DEFINE_integer("step", -1, "Checkpoint step (-1: the model selected on validation, else the"
                      " latest).")
-flags.DEFINE_enum("quantize", "none", ["none", "int8", "int4"],
-                  "Embedding tables: float32 as trained (none), or row-wise 8/4-bit codes with a"
-                  " float16 scale and bias per row.")
+flags.DEFINE_enum("quantize", "none", ["none", "int8", "int8-affine", "int4"],
+                  "Embedding tables: float32 as trained (none); row-wise int8 codes with a scale"
+                  " byte per row (int8); or 8/4-bit codes with a float16 scale and bias per row"
+                  " (int8-affine, int4).")
 flags.DEFINE_enum("quantize_mlp", "auto", ["auto", "float32", "bfloat16", "int8"],
                   "Network kernels (biases stay float32); auto: int8 when --quantize is set,"
                   " else float32.")

@@ -1,5 +1,7 @@
 """jaxrec.serving.quantize: row-wise 8/4-bit tables, int8 / bfloat16 kernels, artifacts."""
 
+import zipfile
+
 import jax
 import numpy as np
 import pytest
@@ -29,6 +31,35 @@ def test_rows_round_trip_within_half_a_step(bits):
   assert abs(back[0, i] - table[0, i]) < 1e-3
 
 
+def test_int8_rows_round_trip_within_half_a_step_of_a_near_ideal_scale():
+  rng = np.random.default_rng(0)
+  table = rng.normal(0, 0.05, (200, 16)).astype(np.float32)
+  table[3] = 0.0  # an all-zero row stays zero
+  table[4] = -0.25  # a constant row
+  table[5] *= 1e4  # a row near the top of the range
+  stored = q.quantize_rows_int8(table)
+  assert stored.dtype == np.uint8 and stored.shape == (200, 17)
+  codes, byte = stored[:, :16].view(np.int8), stored[:, 16]
+  scale = np.ldexp(1 + (byte & 7) / 8, (byte >> 3).astype(int) - 24).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(q.dequantize_rows_int8(stored, 16)),
+                                codes * scale[:, None])
+  back = codes * scale[:, None]
+  assert np.all(np.abs(back - table) <= scale[:, None] / 2)
+  assert np.abs(codes).max() <= 127 and np.all(back[3] == 0)
+  ideal = np.abs(table).max(1) / 127
+  nonzero = ideal > 0
+  assert np.all(scale[nonzero] >= ideal[nonzero])
+  assert np.all(scale[nonzero] <= 1.125 * ideal[nonzero])
+
+
+def test_int8_scale_byte_decodes_exactly():
+  bytes_ = np.array([0, 24 << 3, 24 << 3 | 4, 255], np.uint8)
+  want = [2.0**-24, 1.0, 1.5, 240.0]
+  np.testing.assert_array_equal(q.scale_from_byte(bytes_), want)
+  np.testing.assert_array_equal(np.asarray(q.scale_from_byte(jax.numpy.asarray(bytes_))), want)
+  assert q.MAX_INT8_VALUE == 240 * 127
+
+
 def test_int4_packs_two_codes_per_byte_low_nibble_first():
   table = np.array([[0.0, 15.0, 3.0, 7.0]], np.float32)  # bias 0, scale 1: codes are the values
   stored = q.quantize_rows(table, 4)
@@ -43,9 +74,17 @@ def test_kernel_int8_is_symmetric_per_output_column():
   np.testing.assert_array_equal(codes, [[64, -127], [-127, 64]])
 
 
-def test_bad_table_values_are_refused():
-  with pytest.raises(ValueError, match="float16"):
-    q.quantize_rows(np.array([[1e6, 0.0]], np.float32), 8)
+@pytest.mark.parametrize("tables", ["int8", "int8-affine", "int4"])
+def test_bad_table_values_are_refused_in_one_line(tables):
+  table = np.zeros((5, 4), np.float32)
+  table[2, 1] = np.nan
+  variables = {"tables": {"embedding": table}, "params": {}}
+  with pytest.raises(ValueError) as e:
+    q.pack(variables, q.QuantizeConfig(tables))
+  assert str(e.value) == "table 'embedding': row 2 holds a non-finite value: it cannot be quantized"
+  table[2, 1] = 1e6
+  with pytest.raises(ValueError, match=r"table 'embedding': row 2 holds \|x\| = 1e\+06 > "):
+    q.pack(variables, q.QuantizeConfig(tables))
   with pytest.raises(ValueError, match="mlp weight format"):
     q.QuantizeConfig(mlp="int2")
 
@@ -61,12 +100,14 @@ def _run(tmp_path):
 @pytest.mark.parametrize("tables, mlp, tol", [("float32", "float32", 1e-6),
                                               ("int8", "int8", 0.02),
                                               ("int8", "bfloat16", 0.02),
+                                              ("int8-affine", "int8", 0.02),
                                               ("int4", "int8", 0.1)])
 def test_quantized_artifact_predicts_close_to_float32(tmp_path, tables, mlp, tol):
   run = _run(tmp_path)
   path = str(tmp_path / "m.npz")
   meta = export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig(tables, mlp))
-  assert meta["quantization"] == {"tables": tables, "mlp": mlp}
+  assert meta["quantization"] == {"tables": tables, "mlp": mlp,
+                                  "rows": q.ROW_LAYOUTS.get(tables, "float32")}
   served = ServingModel.load(path)
   rng = np.random.default_rng(1)
   dense = rng.exponential(2.0, (64, 13)).astype(np.float32)
@@ -79,13 +120,52 @@ def test_quantized_artifact_predicts_close_to_float32(tmp_path, tables, mlp, tol
     assert np.abs(got - want).max() > 0  # really quantized
 
 
+@pytest.mark.parametrize("tables, mlp", [("int8", "int8"), ("int8", "bfloat16")])
+def test_artifact_predicts_as_the_dequantized_float32_model(tmp_path, tables, mlp):
+  run = _run(tmp_path)
+  packed = q.pack(run.variables, q.QuantizeConfig(tables, mlp))
+  dequantized = {"params": packed.params(packed.arrays),
+                 "tables": {name: q.dequantize_table_rows(stored, width, fmt)
+                            for (name, fmt, width), stored in zip(packed.tables, packed.arrays)}}
+  path = str(tmp_path / "m.npz")
+  export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig(tables, mlp))
+  rng = np.random.default_rng(2)
+  dense = rng.exponential(2.0, (300, 13)).astype(np.float32)
+  cat = np.stack([rng.integers(0, n, 300) for n in run.spec.vocab_sizes], 1).astype(np.int32)
+  want = np.asarray(jax.nn.sigmoid(run.model.apply(dequantized, dense, cat)))
+  np.testing.assert_allclose(ServingModel.load(path).predict(dense, cat), want,
+                             rtol=1e-6, atol=1e-7)
+
+
+def test_artifacts_written_uncompressed_before_still_load(tmp_path):
+  run = _run(tmp_path)
+  path, old = str(tmp_path / "m.npz"), str(tmp_path / "old.npz")
+  export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig("int8-affine", "int8"))
+  with np.load(path) as z:
+    members = {k: z[k] for k in z.files}
+  with open(old, "wb") as f:  # the earlier writer: np.savez, affine int8 rows
+    np.savez(f, **members)
+  with zipfile.ZipFile(path) as z:  # the current writer deflates all but the weights
+    kinds = {i.filename: i.compress_type for i in z.infolist()}
+  assert kinds["meta.npy"] == kinds["exported.npy"] == zipfile.ZIP_DEFLATED
+  assert kinds["weights/00000.npy"] == zipfile.ZIP_STORED
+  rng = np.random.default_rng(3)
+  dense = rng.exponential(2.0, (16, 13)).astype(np.float32)
+  cat = np.stack([rng.integers(0, n, 16) for n in run.spec.vocab_sizes], 1).astype(np.int32)
+  np.testing.assert_array_equal(ServingModel.load(old).predict(dense, cat),
+                                ServingModel.load(path).predict(dense, cat))
+
+
 def test_packed_sizes():
   variables = {"tables": {"embedding": np.zeros((1000, 16), np.float32),
                           "first_order": np.zeros((1000, 1), np.float32)},
                "params": {"dense": {"kernel": np.zeros((64, 32), np.float32),
                                     "bias": np.zeros((32,), np.float32)}}}
   sizes = {c: q.pack(variables, q.QuantizeConfig(*c)).nbytes
-           for c in [("float32", "float32"), ("int8", "int8"), ("int4", "bfloat16")]}
+           for c in [("float32", "float32"), ("int8", "int8"), ("int8-affine", "int8"),
+                     ("int4", "bfloat16")]}
   assert sizes[("float32", "float32")] == 4 * (16_000 + 1000 + 64 * 32 + 32)
-  assert sizes[("int8", "int8")] == 20_000 + 4000 + 64 * 32 + 4 * 32 + 4 * 32
+  assert sizes[("int8", "int8")] == 17_000 + 4000 + 64 * 32 + 4 * 32 + 4 * 32
+  assert sizes[("int8-affine", "int8")] == 20_000 + 4000 + 64 * 32 + 4 * 32 + 4 * 32
   assert sizes[("int4", "bfloat16")] == 12_000 + 4000 + 2 * 64 * 32 + 4 * 32
+  assert [q.row_bytes(16, f) for f in q.TABLE_FORMATS] == [64, 17, 20, 12]

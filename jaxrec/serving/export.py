@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.serving import artifact
-from jaxrec.serving.quantize import Packed, QuantizeConfig, pack
+from jaxrec.serving.quantize import ROW_LAYOUTS, Packed, QuantizeConfig, pack
 from jaxrec.train.run_dir import Run
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
@@ -86,7 +86,8 @@ def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS
       "source_step": run.step,
       "jax_version": jax.__version__,
       "stablehlo_bytes": len(serialized),
-      "quantization": {"tables": quantize.tables, "mlp": quantize.mlp},
+      "quantization": {"tables": quantize.tables, "mlp": quantize.mlp,
+                       "rows": ROW_LAYOUTS.get(quantize.tables, "float32")},
       "weight_bytes": packed.nbytes,
   }
   arrays = {"meta": artifact.pack_json(meta),
@@ -97,7 +98,6 @@ def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS
     run.vocabulary.save(buffer)
     arrays["vocabulary"] = np.frombuffer(buffer.getvalue(), np.uint8)
   tmp = path + ".tmp"
-  with open(tmp, "wb") as f:  # a file object: np.savez does not append ".npz"
-    np.savez(f, **arrays)
+  artifact.write_npz(tmp, arrays)
   os.replace(tmp, path)
   return meta

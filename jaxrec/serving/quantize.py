@@ -5,20 +5,32 @@ arrays a serving artifact stores, and a `Packed` description whose `rows` and
 `params` methods rebuild what the model needs *inside* the exported function,
 so the artifact's loader passes the stored arrays through unchanged.
 
-Tables (``QuantizeConfig.tables``):
+Tables (``QuantizeConfig.tables``); every quantized table is one uint8 array
+of stored rows, so serving gathers one row per lookup and dequantizes only the
+rows a batch touches:
 
 * ``float32``: stored as trained.
-* ``int8`` / ``int4``: row-wise affine quantization, as the DLRM reference's
-  ``--quantize-emb-with-bit=8|4`` (PyTorch's ``embedding_bag_byte_prepack`` /
-  ``embedding_bag_4bit_prepack``): each row keeps its own ``bias = min`` and
-  ``scale = (max - min) / (2**bits - 1)`` and its values become codes
-  ``round((x - bias) / scale)``. A stored row is ``[codes | scale | bias]`` in
-  one uint8 array (int4 packs two codes per byte, low nibble first; scale and
-  bias are float16, as the reference's 4-bit rows; its 8-bit rows keep float32
-  ones), so serving gathers one row per lookup and dequantizes only the rows a
-  batch touches. Codes are computed against the float16-rounded scale and bias,
-  so the error of a value is at most half a step. Width-1 tables (first-order
-  scalars) stay float32: 4 bytes of scale and bias would save nothing.
+* ``int8``: row-wise symmetric codes ``round(x / scale)`` in [-127, 127] and one
+  scale byte per row, ``[codes | scale byte]`` (width + 1 bytes: 17 for d = 16,
+  3.76x smaller than float32). The byte is an unsigned 8-bit float, 5 exponent
+  and 3 mantissa bits: ``scale = 2**(e - 24) * (1 + m / 8)`` (2**-24 to 240,
+  decoded exactly by integer ops into float32 bits), the smallest such value
+  ``>= max|x| / 127``, so a step is at most 12.5% coarser than the row's ideal
+  symmetric step ``max|x| / 127``.
+* ``int8-affine`` / ``int4``: row-wise affine quantization, as the DLRM
+  reference's ``--quantize-emb-with-bit=8|4`` (PyTorch's
+  ``embedding_bag_byte_prepack`` / ``embedding_bag_4bit_prepack``): each row
+  keeps its own ``bias = min`` and ``scale = (max - min) / (2**bits - 1)`` and
+  its values become codes ``round((x - bias) / scale)``; a stored row is
+  ``[codes | scale | bias]`` (int4 packs two codes per byte, low nibble first;
+  scale and bias are float16, as the reference's 4-bit rows; its 8-bit rows
+  keep float32 ones): width + 4 bytes for 8 bits, 20 for d = 16 (3.2x). Codes
+  are computed against the float16-rounded scale and bias.
+
+In every format the error of a value is at most half its row's step. Width-1
+tables (first-order scalars) stay float32: a per-row scale would save little.
+The exported function holds the dequantization, so an artifact loads the same
+whatever its row format (older ``int8`` artifacts hold affine rows).
 
 Network weights (``QuantizeConfig.mlp``; every param with 2 or more axes, i.e.
 kernels and projections; biases stay float32):
@@ -39,9 +51,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TABLE_FORMATS = ("float32", "int8", "int4")
+TABLE_FORMATS = ("float32", "int8", "int8-affine", "int4")
 MLP_FORMATS = ("float32", "bfloat16", "int8")
-_SCALE_BIAS_BYTES = 4  # float16 scale + float16 bias at the end of each stored row
+# Stored row layout of each quantized table format (recorded in the artifact's metadata).
+ROW_LAYOUTS = {
+    "int8": "int8 codes, symmetric, then 1 scale byte (e5m3: 2**(e-24) * (1 + m/8))",
+    "int8-affine": "uint8 codes, then float16 scale, float16 bias",
+    "int4": "uint4 codes (2 per byte, low nibble first), then float16 scale, float16 bias",
+}
+_SCALE_EXPONENT_BIAS = 24  # scale byte e5m3: 2**(e - 24) * (1 + m / 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +86,61 @@ def code_bytes(width: int, bits: int) -> int:
   return width if bits == 8 else -(-width // 2)
 
 
+def row_bytes(width: int, fmt: str) -> int:
+  """Bytes of one stored row of `width` values in table format `fmt`."""
+  if fmt == "float32":
+    return 4 * width
+  if fmt == "int8":
+    return width + 1
+  return code_bytes(width, 8 if fmt == "int8-affine" else 4) + 4
+
+
+def _check_finite(table: np.ndarray, limit: float, what: str) -> None:
+  if not np.isfinite(table).all():
+    row = int(np.flatnonzero(~np.isfinite(table).all(axis=1))[0])
+    raise ValueError(f"row {row} holds a non-finite value: it cannot be quantized")
+  if table.size and np.abs(table).max() > limit:
+    row = int(np.flatnonzero(np.abs(table).max(axis=1) > limit)[0])
+    raise ValueError(f"row {row} holds |x| = {np.abs(table[row]).max():.4g} > {limit:.4g},"
+                     f" beyond what {what} can store")
+
+
+def scale_from_byte(byte):
+  """Scale bytes (numpy or jax, any integer dtype) -> float32 scales, exactly.
+
+  The byte ``e << 3 | m`` is ``2**(e - 24) * (1 + m / 8)``: its float32 bits are
+  the biased exponent ``e - 24 + 127`` and the mantissa's top 3 bits ``m``.
+  """
+  host = isinstance(byte, np.ndarray)
+  byte = byte.astype(np.uint32)
+  bits = ((byte >> 3) + (127 - _SCALE_EXPONENT_BIAS)) << 23 | (byte & 7) << 20
+  return bits.view(np.float32) if host else jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+_SCALES = scale_from_byte(np.arange(256, dtype=np.uint8))  # ascending
+MAX_INT8_VALUE = float(_SCALES[-1]) * 127  # the largest |x| an int8 row stores
+
+
+def quantize_rows_int8(table: np.ndarray) -> np.ndarray:
+  """float [rows, width] -> uint8 [rows, width + 1]: int8 codes (as bytes), scale byte."""
+  table = np.asarray(table, np.float32)
+  _check_finite(table, MAX_INT8_VALUE, "an int8 row (scale <= 240)")
+  needed = np.abs(table).max(axis=1, initial=0.0) / np.float32(127)
+  byte = np.minimum(np.searchsorted(_SCALES, needed), 255).astype(np.uint8)  # least >= needed
+  codes = np.clip(np.rint(table / _SCALES[byte][:, None]), -127, 127).astype(np.int8)
+  return np.ascontiguousarray(np.concatenate([codes.view(np.uint8), byte[:, None]], axis=1))
+
+
+def dequantize_rows_int8(stored: jax.Array, width: int) -> jax.Array:
+  """uint8 [..., width + 1] (stored or gathered rows) -> float32 [..., width]."""
+  codes = jax.lax.bitcast_convert_type(stored[..., :width], jnp.int8)
+  return codes.astype(jnp.float32) * scale_from_byte(stored[..., width:])
+
+
 def quantize_rows(table: np.ndarray, bits: int) -> np.ndarray:
   """float [rows, width] -> uint8 [rows, code_bytes + 4]: codes, float16 scale, float16 bias."""
   table = np.asarray(table, np.float32)
-  if not np.isfinite(table).all() or np.abs(table).max(initial=0.0) > 6e4:
-    raise ValueError("a table holds non-finite values or values beyond float16's range:"
-                     " it cannot be stored with float16 row scales")
+  _check_finite(table, 6e4, "float16 row scales")
   levels = (1 << bits) - 1
   low, high = table.min(axis=1), table.max(axis=1)
   bias = low.astype(np.float16)
@@ -103,6 +170,24 @@ def dequantize_rows(stored: jax.Array, width: int, bits: int) -> jax.Array:
   bits16 = tail[..., 0::2] | (tail[..., 1::2] << 8)
   scale_bias = jax.lax.bitcast_convert_type(bits16, jnp.float16).astype(jnp.float32)
   return codes.astype(jnp.float32) * scale_bias[..., :1] + scale_bias[..., 1:]
+
+
+def quantize_table(table: np.ndarray, fmt: str) -> np.ndarray:
+  """A table [rows, width] stored in table format `fmt` (`row_bytes` per row)."""
+  if fmt == "float32":
+    return np.asarray(table, np.float32)
+  if fmt == "int8":
+    return quantize_rows_int8(table)
+  return quantize_rows(table, 8 if fmt == "int8-affine" else 4)
+
+
+def dequantize_table_rows(stored: jax.Array, width: int, fmt: str) -> jax.Array:
+  """Stored (or gathered) rows of table format `fmt` -> float32 [..., width]."""
+  if fmt == "float32":
+    return stored
+  if fmt == "int8":
+    return dequantize_rows_int8(stored, width)
+  return dequantize_rows(stored, width, 8 if fmt == "int8-affine" else 4)
 
 
 def quantize_kernel(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +235,7 @@ class Packed:
       if name not in ids:
         continue
       gathered = jnp.take(stored, ids[name], axis=0, mode="fill", fill_value=0)  # pad slots: 0
-      out[name] = gathered if fmt == "float32" else dequantize_rows(
-          gathered, width, 8 if fmt == "int8" else 4)
+      out[name] = dequantize_table_rows(gathered, width, fmt)
     return out
 
   def params(self, weights) -> Any:
@@ -174,8 +258,10 @@ def pack(variables: Mapping[str, Any], config: QuantizeConfig = QuantizeConfig()
   for name in sorted(variables["tables"]):
     table = np.asarray(variables["tables"][name], np.float32)
     fmt = config.tables if table.shape[1] > 1 else "float32"
-    arrays.append(table if fmt == "float32" else
-                  quantize_rows(table, 8 if fmt == "int8" else 4))
+    try:
+      arrays.append(quantize_table(table, fmt))
+    except ValueError as e:
+      raise ValueError(f"table {name!r}: {e}") from None
     tables.append((name, fmt, int(table.shape[1])))
   leaves, treedef = jax.tree_util.tree_flatten(variables["params"])
   formats = []
