@@ -37,11 +37,11 @@ def test_int8_rows_round_trip_within_half_a_step_of_a_near_ideal_scale():
   table[3] = 0.0  # an all-zero row stays zero
   table[4] = -0.25  # a constant row
   table[5] *= 1e4  # a row near the top of the range
-  stored = q.quantize_rows_int8(table)
-  assert stored.dtype == np.uint8 and stored.shape == (200, 17)
-  codes, byte = stored[:, :16].view(np.int8), stored[:, 16]
+  codes, byte = q.quantize_rows_int8(table)
+  assert codes.dtype == np.int8 and codes.shape == (200, 16)
+  assert byte.dtype == np.uint8 and byte.shape == (200,)
   scale = np.ldexp(1 + (byte & 7) / 8, (byte >> 3).astype(int) - 24).astype(np.float32)
-  np.testing.assert_array_equal(np.asarray(q.dequantize_rows_int8(stored, 16)),
+  np.testing.assert_array_equal(np.asarray(q.dequantize_rows_int8(codes, byte)),
                                 codes * scale[:, None])
   back = codes * scale[:, None]
   assert np.all(np.abs(back - table) <= scale[:, None] / 2)
@@ -126,7 +126,7 @@ def test_artifact_predicts_as_the_dequantized_float32_model(tmp_path, tables, ml
   packed = q.pack(run.variables, q.QuantizeConfig(tables, mlp))
   dequantized = {"params": packed.params(packed.arrays),
                  "tables": {name: q.dequantize_table_rows(stored, width, fmt)
-                            for (name, fmt, width), stored in zip(packed.tables, packed.arrays)}}
+                            for name, fmt, width, stored in packed.stored_tables(packed.arrays)}}
   path = str(tmp_path / "m.npz")
   export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig(tables, mlp))
   rng = np.random.default_rng(2)

@@ -5,14 +5,16 @@ arrays a serving artifact stores, and a `Packed` description whose `rows` and
 `params` methods rebuild what the model needs *inside* the exported function,
 so the artifact's loader passes the stored arrays through unchanged.
 
-Tables (``QuantizeConfig.tables``); every quantized table is one uint8 array
-of stored rows, so serving gathers one row per lookup and dequantizes only the
-rows a batch touches:
+Tables (``QuantizeConfig.tables``); serving gathers the stored rows a batch
+looks up and dequantizes only those:
 
 * ``float32``: stored as trained.
-* ``int8``: row-wise symmetric codes ``round(x / scale)`` in [-127, 127] and one
-  scale byte per row, ``[codes | scale byte]`` (width + 1 bytes: 17 for d = 16,
-  3.76x smaller than float32). The byte is an unsigned 8-bit float, 5 exponent
+* ``int8``: row-wise symmetric codes ``round(x / scale)`` in [-127, 127] (an
+  int8 array [rows, width]) and one scale byte per row (a uint8 array [rows]):
+  width + 1 bytes a row, 17 for d = 16, 3.76x smaller than float32. Two arrays
+  rather than one row of bytes: each gather then fuses into its consumer, so
+  int8 rows cost no more to serve than float32 ones. The byte is an unsigned
+  8-bit float, 5 exponent
   and 3 mantissa bits: ``scale = 2**(e - 24) * (1 + m / 8)`` (2**-24 to 240,
   decoded exactly by integer ops into float32 bits), the smallest such value
   ``>= max|x| / 127``, so a step is at most 12.5% coarser than the row's ideal
@@ -22,7 +24,7 @@ rows a batch touches:
   ``embedding_bag_byte_prepack`` / ``embedding_bag_4bit_prepack``): each row
   keeps its own ``bias = min`` and ``scale = (max - min) / (2**bits - 1)`` and
   its values become codes ``round((x - bias) / scale)``; a stored row is
-  ``[codes | scale | bias]`` (int4 packs two codes per byte, low nibble first;
+  ``[codes | scale | bias]`` in one uint8 array (int4 packs two codes per byte, low nibble first;
   scale and bias are float16, as the reference's 4-bit rows; its 8-bit rows
   keep float32 ones): width + 4 bytes for 8 bits, 20 for d = 16 (3.2x). Codes
   are computed against the float16-rounded scale and bias.
@@ -45,7 +47,7 @@ as it trained.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +57,8 @@ TABLE_FORMATS = ("float32", "int8", "int8-affine", "int4")
 MLP_FORMATS = ("float32", "bfloat16", "int8")
 # Stored row layout of each quantized table format (recorded in the artifact's metadata).
 ROW_LAYOUTS = {
-    "int8": "int8 codes, symmetric, then 1 scale byte (e5m3: 2**(e-24) * (1 + m/8))",
+    "int8": "int8 codes [rows, width] (symmetric) and uint8 scale bytes [rows]"
+            " (e5m3: 2**(e - 24) * (1 + m / 8))",
     "int8-affine": "uint8 codes, then float16 scale, float16 bias",
     "int4": "uint4 codes (2 per byte, low nibble first), then float16 scale, float16 bias",
 }
@@ -121,20 +124,19 @@ _SCALES = scale_from_byte(np.arange(256, dtype=np.uint8))  # ascending
 MAX_INT8_VALUE = float(_SCALES[-1]) * 127  # the largest |x| an int8 row stores
 
 
-def quantize_rows_int8(table: np.ndarray) -> np.ndarray:
-  """float [rows, width] -> uint8 [rows, width + 1]: int8 codes (as bytes), scale byte."""
+def quantize_rows_int8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """float [rows, width] -> (int8 codes [rows, width], uint8 scale bytes [rows])."""
   table = np.asarray(table, np.float32)
   _check_finite(table, MAX_INT8_VALUE, "an int8 row (scale <= 240)")
   needed = np.abs(table).max(axis=1, initial=0.0) / np.float32(127)
   byte = np.minimum(np.searchsorted(_SCALES, needed), 255).astype(np.uint8)  # least >= needed
   codes = np.clip(np.rint(table / _SCALES[byte][:, None]), -127, 127).astype(np.int8)
-  return np.ascontiguousarray(np.concatenate([codes.view(np.uint8), byte[:, None]], axis=1))
+  return codes, byte
 
 
-def dequantize_rows_int8(stored: jax.Array, width: int) -> jax.Array:
-  """uint8 [..., width + 1] (stored or gathered rows) -> float32 [..., width]."""
-  codes = jax.lax.bitcast_convert_type(stored[..., :width], jnp.int8)
-  return codes.astype(jnp.float32) * scale_from_byte(stored[..., width:])
+def dequantize_rows_int8(codes: jax.Array, byte: jax.Array) -> jax.Array:
+  """int8 codes [..., width] and their scale bytes [...] (stored or gathered) -> float32."""
+  return codes.astype(jnp.float32) * scale_from_byte(byte)[..., None]
 
 
 def quantize_rows(table: np.ndarray, bits: int) -> np.ndarray:
@@ -172,22 +174,22 @@ def dequantize_rows(stored: jax.Array, width: int, bits: int) -> jax.Array:
   return codes.astype(jnp.float32) * scale_bias[..., :1] + scale_bias[..., 1:]
 
 
-def quantize_table(table: np.ndarray, fmt: str) -> np.ndarray:
-  """A table [rows, width] stored in table format `fmt` (`row_bytes` per row)."""
+def quantize_table(table: np.ndarray, fmt: str) -> list[np.ndarray]:
+  """The arrays (one, or two for int8) that store a table [rows, width] in format `fmt`."""
   if fmt == "float32":
-    return np.asarray(table, np.float32)
+    return [np.asarray(table, np.float32)]
   if fmt == "int8":
-    return quantize_rows_int8(table)
-  return quantize_rows(table, 8 if fmt == "int8-affine" else 4)
+    return list(quantize_rows_int8(table))
+  return [quantize_rows(table, 8 if fmt == "int8-affine" else 4)]
 
 
-def dequantize_table_rows(stored: jax.Array, width: int, fmt: str) -> jax.Array:
-  """Stored (or gathered) rows of table format `fmt` -> float32 [..., width]."""
+def dequantize_table_rows(stored: Sequence[jax.Array], width: int, fmt: str) -> jax.Array:
+  """A table's stored arrays (`quantize_table`), or their rows gathered alike -> float32."""
   if fmt == "float32":
-    return stored
+    return stored[0]
   if fmt == "int8":
-    return dequantize_rows_int8(stored, width)
-  return dequantize_rows(stored, width, 8 if fmt == "int8-affine" else 4)
+    return dequantize_rows_int8(*stored)
+  return dequantize_rows(stored[0], width, 8 if fmt == "int8-affine" else 4)
 
 
 def quantize_kernel(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,7 +213,7 @@ class Packed:
   Attributes:
     arrays: the flat list the artifact stores: tables (sorted by name) then
       network params (tree order); one array per table or param, two for an
-      int8 kernel (codes, scale).
+      int8 table (codes, scale bytes) or kernel (codes, scales).
     config: the formats used.
     tables: (name, stored format, width) of each table, in `arrays` order.
     param_formats: the stored format of each params leaf.
@@ -228,19 +230,24 @@ class Packed:
   def nbytes(self) -> int:
     return int(sum(a.nbytes for a in self.arrays))
 
+  def stored_tables(self, weights):
+    """(name, format, width, stored arrays) of each table in `weights` (laid out as `arrays`)."""
+    stored = iter(weights)
+    for name, fmt, width in self.tables:
+      yield name, fmt, width, [next(stored) for _ in range(2 if fmt == "int8" else 1)]
+
   def rows(self, weights, ids: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """Gathered float32 rows {table: [B, L, width]} (`jaxrec.layers.embeddings.lookup`)."""
     out = {}
-    for (name, fmt, width), stored in zip(self.tables, weights[:len(self.tables)]):
-      if name not in ids:
-        continue
-      gathered = jnp.take(stored, ids[name], axis=0, mode="fill", fill_value=0)  # pad slots: 0
-      out[name] = dequantize_table_rows(gathered, width, fmt)
+    for name, fmt, width, stored in self.stored_tables(weights):
+      if name in ids:  # pad slots gather zeros: codes 0 (and scale byte 0) dequantize to 0
+        gathered = [jnp.take(x, ids[name], axis=0, mode="fill", fill_value=0) for x in stored]
+        out[name] = dequantize_table_rows(gathered, width, fmt)
     return out
 
   def params(self, weights) -> Any:
     """The float32 network params."""
-    stored = iter(weights[len(self.tables):])
+    stored = iter(weights[sum(2 if fmt == "int8" else 1 for _, fmt, _ in self.tables):])
     leaves = []
     for fmt in self.param_formats:
       x = next(stored)
@@ -259,7 +266,7 @@ def pack(variables: Mapping[str, Any], config: QuantizeConfig = QuantizeConfig()
     table = np.asarray(variables["tables"][name], np.float32)
     fmt = config.tables if table.shape[1] > 1 else "float32"
     try:
-      arrays.append(quantize_table(table, fmt))
+      arrays.extend(quantize_table(table, fmt))
     except ValueError as e:
       raise ValueError(f"table {name!r}: {e}") from None
     tables.append((name, fmt, int(table.shape[1])))
