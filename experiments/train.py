@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import math
 import os
 import shlex
@@ -88,7 +89,10 @@ flags.DEFINE_string("bottom_mlp", "512-256-64-16", "Bottom MLP layer sizes, dash
 flags.DEFINE_string("top_mlp", "512-256-1", "Top MLP layer sizes, dash-separated (ends in 1).")
 flags.DEFINE_enum("interaction", "dot", ["dot", "cat"], "DLRM feature interaction.")
 flags.DEFINE_bool("interaction_itself", False, "Include self dot products (reference option).")
-flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "MLP matmul dtype.")
+flags.DEFINE_enum("compute_dtype", "auto", ["auto", "float32", "bfloat16"],
+                  "MLP matmul dtype (operands; products accumulate in float32). auto: bfloat16 on"
+                  " GPUs and on CPUs with bfloat16 units (AMX, AVX512-BF16), else float32;"
+                  " --resume keeps the run's.")
 flags.DEFINE_bool("cpu_kernels", True, "On a CPU backend, run the pairwise layers (dot"
                   " interaction, AFM attention) as fused C++ kernels (jaxrec.kernels.cpu);"
                   " false = their XLA formulation.")
@@ -355,11 +359,27 @@ def _model_flag_value(field):
   value = getattr(FLAGS, MODEL_FLAG_ALIASES.get(field.name, field.name))
   if field.name == "cpu_kernels":
     return None if value else False  # --cpu_kernels: where they run / never
+  if field.name == "compute_dtype" and value == "auto":
+    from jaxrec.models.registry import resolve_compute_dtype
+    return _saved_compute_dtype() or resolve_compute_dtype(value)
   if str(field.type).startswith("tuple"):
     return parse_layers(field.name, value)
   if str(field.type).endswith("| None"):
     return value or None  # 0 = None (e.g. --cross_rank=0: full rank)
   return value
+
+
+def _saved_compute_dtype() -> str | None:
+  """With --resume, the compute dtype the run was started with (so that "auto" on another
+  machine continues it as it trained), else None."""
+  path = os.path.join(FLAGS.output_dir or "", "config.json")
+  if not (FLAGS.resume and os.path.exists(path)):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f).get("model", {}).get("compute_dtype")
+  except (OSError, ValueError, AttributeError):
+    return None  # the resume check reports a damaged run directory
 
 
 def model_and_embedding_from_flags():

@@ -282,8 +282,9 @@ def _command_text(command: Sequence[str]) -> str:
   return " ".join(shlex.quote(a) for a in command)
 
 
-def render(results: Sequence[dict], torch_version: str) -> str:
-  """The body of docs/performance.md from `compare`'s results."""
+def render(results: Sequence[dict], torch_version: str, default_dtype: str | None = None) -> str:
+  """The body of docs/performance.md from `compare`'s results; `default_dtype` (this
+  machine's `--compute_dtype=auto`) is marked in the summary."""
   first = results[0]["config"]
   lines = [f"jaxrec's `experiments.benchmark` against the PyTorch DLRM reference"
            f" (facebookresearch/dlrm, torch {torch_version}) on the reference's configuration:"
@@ -301,12 +302,19 @@ def render(results: Sequence[dict], torch_version: str) -> str:
            + (f" The reference ran with OMP_NUM_THREADS={first['reference_threads']}."
               if first.get("reference_threads") else ""),
            "",
+           (f"On this machine jaxrec's default compute dtype (`--compute_dtype=auto`) is"
+            f" {default_dtype}, marked *default* below; float32 compares like with like (the"
+            " reference's matmuls are float32). Where a step's time goes, per XLA op:"
+            " [step_profile.md](step_profile.md) (`python -m experiments.step_profile`)."
+            if default_dtype else ""),
+           "",
            "| workload | jaxrec dtype | rounds (clean) | reference ex/s | jaxrec ex/s |"
            " jaxrec / reference, median | range |",
            "|---|---|---:|---:|---:|---:|---|"]
   for result in results:
     for dtype, s in result["summary"].items():
-      lines.append(f"| {result['workload']} | {dtype} | {s['rounds']} ({s['clean_rounds']}) |"
+      marked = f"{dtype} *default*" if dtype == default_dtype else dtype
+      lines.append(f"| {result['workload']} | {marked} | {s['rounds']} ({s['clean_rounds']}) |"
                    f" {s['reference_median']:,.0f} | {s['jaxrec_median']:,.0f} |"
                    f" **{s['median_ratio']:.2f}x**{' *loaded*' if s['loaded'] else ''} |"
                    f" {s['min_ratio']:.2f}-{s['max_ratio']:.2f}x |")
@@ -394,8 +402,10 @@ def write_results(results: list[dict], torch_version: str) -> None:
     # The checkout and its interpreter live outside the repository: named, not spelled out.
     command = provenance.command_line().replace(  # the interpreter first: it may lie inside
         FLAGS.reference_python, "$DLRM_PYTHON").replace(FLAGS.reference_dir, "$DLRM")
+    from jaxrec.models.registry import default_compute_dtype
     provenance.write_report(FLAGS.output, "jaxrec against the PyTorch DLRM reference",
-                            render(results, torch_version), command=command)
+                            render(results, torch_version, default_compute_dtype()),
+                            command=command)
     print(f"wrote {FLAGS.output}")
 
 

@@ -91,6 +91,9 @@ def test_loaded_rounds_are_flagged_and_left_out_of_the_median(tmp_path):
   assert "| train:1000:100k | float32 | 5 (4) |" in body and "torch 2.13.0" in body
   assert "$DLRM_PYTHON dlrm_s_pytorch.py" in body and "--compute_dtype=bfloat16" in body
   assert "--output_dir=$OUT" in body and str(tmp_path) not in body
+  marked = vr.render([result], "2.13.0", default_dtype="bfloat16")
+  assert "| train:1000:100k | bfloat16 *default* | 5 (4) |" in marked
+  assert "| train:1000:100k | float32 | 5 (4) |" in marked
 
 
 def test_settle_waits_for_quiet_then_gives_up():

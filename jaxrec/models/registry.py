@@ -17,11 +17,13 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxrec.kernels import cpu as cpu_kernels
 from jaxrec.layers.embeddings import EmbeddingConfig, EmbeddingLayout
+from jaxrec.provenance import host_cpu
 
 # The modules that register models, in `--model` listing order.
 MODEL_MODULES = ("dlrm", "afm", "afm_classic", "fm", "deepfm", "dcnv2", "dlrm_dcn", "autoint")
@@ -107,6 +109,11 @@ def _union_fields() -> list[tuple[str, Any, dataclasses.Field]]:
   return [(name, kind, dataclasses.field(default=f.default)) for name, (kind, f, _) in seen.items()]
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+# CPU features with bfloat16 matmul units (AMX tiles, AVX-512 BF16 dot products).
+BFLOAT16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
+
+
 def _users(field_name: str) -> list[str]:
   return [e.name for e in MODELS.values()
           if field_name in {f.name for f in dataclasses.fields(e.config)}]
@@ -121,8 +128,9 @@ def _own_config(self) -> Any:
 def _validate(self) -> None:
   if self.name not in MODELS:
     raise ValueError(f"unknown model {self.name!r}; choose from {', '.join(MODELS)}")
-  if self.compute_dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+  if self.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}"
+                     " (resolve 'auto' with resolve_compute_dtype)")
   self.own()  # the model's own validation
 
 
@@ -141,7 +149,8 @@ def _make_model_config() -> type:
   Attributes:
     name: registered model name.
 {shared}
-    compute_dtype: "float32" or "bfloat16" for MLP matmuls.
+    compute_dtype: "float32" or "bfloat16" for MLP matmuls (float32 unless asked;
+      `default_compute_dtype()` is what the experiments' "auto" picks).
     cpu_kernels: the pairwise layers (dot interaction, AFM attention) as the
       fused CPU kernels of `jaxrec.kernels.cpu`: None = where they run (a CPU
       backend, AVX-512, built), False = their XLA formulation, True = required.
@@ -162,6 +171,28 @@ ModelConfig = _make_model_config()
 # Derived views kept for callers written before the registry held entries.
 FIRST_ORDER_MODELS = frozenset(name for name, e in MODELS.items() if e.first_order)
 DEFAULT_OPTIMIZER = {name: e.optimizer for name, e in MODELS.items() if e.optimizer != "sgd"}
+
+
+def default_compute_dtype(backend: str | None = None, cpu_features=None) -> str:
+  """The MLP compute dtype where nothing asks for one: "bfloat16" on accelerators and
+  on CPUs with bfloat16 matmul units, "float32" elsewhere.
+
+  There bfloat16 operands with float32 accumulation train to the same test AUC as
+  float32 (docs/bf16_quality.md) at a fraction of the matmul time; a CPU without
+  those units emulates bfloat16 and is faster in float32. `backend` defaults to
+  JAX's, `cpu_features` to the host's (`jaxrec.provenance.host_cpu`).
+  """
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return "bfloat16"
+  if cpu_features is None:
+    cpu_features = host_cpu()["features"]
+  return "bfloat16" if set(BFLOAT16_CPU_FEATURES) & set(cpu_features) else "float32"
+
+
+def resolve_compute_dtype(name: str) -> str:
+  """A requested compute dtype: "auto" -> `default_compute_dtype()`, others as given."""
+  return default_compute_dtype() if name == "auto" else name
 
 
 def default_optimizer(model_name: str) -> tuple[str, float]:
