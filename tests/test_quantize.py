@@ -37,11 +37,12 @@ def test_int8_rows_round_trip_within_half_a_step_of_a_near_ideal_scale():
   table[3] = 0.0  # an all-zero row stays zero
   table[4] = -0.25  # a constant row
   table[5] *= 1e4  # a row near the top of the range
-  codes, byte = q.quantize_rows_int8(table)
-  assert codes.dtype == np.int8 and codes.shape == (200, 16)
+  words, byte = q.quantize_rows_int8(table)
+  assert words.dtype == np.uint32 and words.shape == (200, 4)
   assert byte.dtype == np.uint8 and byte.shape == (200,)
+  codes = words.astype("<u4").view(np.int8)  # little-endian: code j is byte j of the row
   scale = np.ldexp(1 + (byte & 7) / 8, (byte >> 3).astype(int) - 24).astype(np.float32)
-  np.testing.assert_array_equal(np.asarray(q.dequantize_rows_int8(codes, byte)),
+  np.testing.assert_array_equal(np.asarray(q.dequantize_rows_int8(words, byte, 16)),
                                 codes * scale[:, None])
   back = codes * scale[:, None]
   assert np.all(np.abs(back - table) <= scale[:, None] / 2)
@@ -50,6 +51,14 @@ def test_int8_rows_round_trip_within_half_a_step_of_a_near_ideal_scale():
   nonzero = ideal > 0
   assert np.all(scale[nonzero] >= ideal[nonzero])
   assert np.all(scale[nonzero] <= 1.125 * ideal[nonzero])
+
+
+def test_int8_codes_pack_four_to_a_word_low_byte_first():
+  table = np.array([[1.0, -1.0, 127.0, -127.0, 0.0, 64.0]], np.float32)  # scale 1: codes = x
+  words, byte = q.quantize_rows_int8(table)
+  assert q.scale_from_byte(byte)[0] == 1.0
+  assert words.tolist() == [[1 | 0xFF << 8 | 127 << 16 | 0x81 << 24, 64 << 8]]  # padded with 0
+  np.testing.assert_array_equal(np.asarray(q.dequantize_rows_int8(words, byte, 6)), table)
 
 
 def test_int8_scale_byte_decodes_exactly():
@@ -169,3 +178,4 @@ def test_packed_sizes():
   assert sizes[("int8-affine", "int8")] == 20_000 + 4000 + 64 * 32 + 4 * 32 + 4 * 32
   assert sizes[("int4", "bfloat16")] == 12_000 + 4000 + 2 * 64 * 32 + 4 * 32
   assert [q.row_bytes(16, f) for f in q.TABLE_FORMATS] == [64, 17, 20, 12]
+  assert [q.row_bytes(6, f) for f in q.TABLE_FORMATS] == [24, 9, 10, 7]
