@@ -9,27 +9,27 @@ Tables (``QuantizeConfig.tables``); serving gathers the stored rows a batch
 looks up and dequantizes only those:
 
 * ``float32``: stored as trained.
-* ``int8``: row-wise symmetric codes ``round(x / scale)`` in [-127, 127],
-  packed four to a little-endian uint32 (an array [rows, ceil(width / 4)]), and
-  one scale byte per row (a uint8 array [rows]): 17 bytes a row for d = 16,
-  3.76x smaller than float32. Gathering whole words rather than bytes keeps
-  the lookup as fast as float32's on tables far larger than the caches (one
-  [rows, 17] byte array, or int8 codes [rows, width], measured 2% and 6-8%
-  slower per batch-8192 call on 26 x 100k tables); codes are unpacked with
-  shifts. The byte is an unsigned 8-bit float, 5 exponent
-  and 3 mantissa bits: ``scale = 2**(e - 24) * (1 + m / 8)`` (2**-24 to 240,
-  decoded exactly by integer ops into float32 bits), the smallest such value
-  ``>= max|x| / 127``, so a step is at most 12.5% coarser than the row's ideal
-  symmetric step ``max|x| / 127``.
+* ``int8``: row-wise symmetric codes ``round(x / scale)`` in [-127, 127] and
+  one scale byte per row: 17 bytes a row for d = 16, 3.76x smaller than
+  float32. The byte is an unsigned 8-bit float, 5 exponent and 3 mantissa
+  bits, ``scale = 2**(e - 24) * (1 + m / 8)`` (2**-24 to 240, decoded exactly
+  by integer ops into float32 bits): the smallest such value ``>= max|x| /
+  127``, so a step is at most 12.5% coarser than the row's ideal symmetric
+  step. Stored as two arrays: the codes packed four to a little-endian uint32
+  ([rows, ceil(width / 4)]) and the scale bytes ([rows]). Gathering words
+  rather than bytes keeps the lookup as fast as float32's on tables far larger
+  than the caches (a [rows, 17] byte array, or int8 codes [rows, width], made
+  the batch-8192 call on 26 x 100k tables 2% and 6-8% slower); the codes are
+  unpacked with shifts.
 * ``int8-affine`` / ``int4``: row-wise affine quantization, as the DLRM
   reference's ``--quantize-emb-with-bit=8|4`` (PyTorch's
   ``embedding_bag_byte_prepack`` / ``embedding_bag_4bit_prepack``): each row
   keeps its own ``bias = min`` and ``scale = (max - min) / (2**bits - 1)`` and
   its values become codes ``round((x - bias) / scale)``; a stored row is
-  ``[codes | scale | bias]`` in one uint8 array (int4 packs two codes per byte, low nibble first;
-  scale and bias are float16, as the reference's 4-bit rows; its 8-bit rows
-  keep float32 ones): width + 4 bytes for 8 bits, 20 for d = 16 (3.2x). Codes
-  are computed against the float16-rounded scale and bias.
+  ``[codes | scale | bias]`` in one uint8 array (int4 packs two codes per
+  byte, low nibble first; scale and bias are float16, as the reference's 4-bit
+  rows; its 8-bit rows keep float32 ones): width + 4 bytes for 8 bits, 20 for
+  d = 16 (3.2x). Codes are computed against the float16-rounded scale and bias.
 
 In every format the error of a value is at most half its row's step. Width-1
 tables (first-order scalars) stay float32: a per-row scale would save little.
