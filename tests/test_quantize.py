@@ -61,6 +61,19 @@ def test_int8_codes_pack_four_to_a_word_low_byte_first():
   np.testing.assert_array_equal(np.asarray(q.dequantize_rows_int8(words, byte, 6)), table)
 
 
+def test_int8_gather_by_codes_or_by_words_gives_the_same_rows(monkeypatch):
+  table = np.random.default_rng(4).normal(0, 0.05, (30, 6)).astype(np.float32)
+  stored = [jax.numpy.asarray(x) for x in q.quantize_rows_int8(table)]
+  ids = jax.numpy.asarray([[0, 29], [7, 30]], np.int32)  # 30: a pad slot, past the table
+  by_codes = np.asarray(q.gather_rows(stored, ids, 6, "int8"))  # a small table: code by code
+  monkeypatch.setattr(q, "CACHED_CODES_BYTES", 0)
+  by_words = np.asarray(q.gather_rows(stored, ids, 6, "int8"))
+  want = np.asarray(q.dequantize_rows_int8(*stored, 6))
+  np.testing.assert_array_equal(by_codes, by_words)
+  np.testing.assert_array_equal(by_codes[0], want[[0, 29]])
+  np.testing.assert_array_equal(by_codes[1], [want[7], np.zeros(6)])
+
+
 def test_int8_scale_byte_decodes_exactly():
   bytes_ = np.array([0, 24 << 3, 24 << 3 | 4, 255], np.uint8)
   want = [2.0**-24, 1.0, 1.5, 240.0]
@@ -129,8 +142,13 @@ def test_quantized_artifact_predicts_close_to_float32(tmp_path, tables, mlp, tol
     assert np.abs(got - want).max() > 0  # really quantized
 
 
-@pytest.mark.parametrize("tables, mlp", [("int8", "int8"), ("int8", "bfloat16")])
-def test_artifact_predicts_as_the_dequantized_float32_model(tmp_path, tables, mlp):
+@pytest.mark.parametrize("tables, mlp, gather_words", [("int8", "int8", False),
+                                                      ("int8", "int8", True),
+                                                      ("int8", "bfloat16", False)])
+def test_artifact_predicts_as_the_dequantized_float32_model(tmp_path, monkeypatch, tables, mlp,
+                                                            gather_words):
+  if gather_words:  # as large tables are gathered
+    monkeypatch.setattr(q, "CACHED_CODES_BYTES", 0)
   run = _run(tmp_path)
   packed = q.pack(run.variables, q.QuantizeConfig(tables, mlp))
   dequantized = {"params": packed.params(packed.arrays),
