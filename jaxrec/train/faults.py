@@ -1,7 +1,7 @@
 """Non-finite losses: stop at the step, or skip the batch and count it.
 
-The jitted step (`jaxrec.train.step`) never applies an update whose loss,
-gradients or new dense params are not finite; it reports ``nonfinite`` and
+The jitted step (`jaxrec.train.step`) never applies an update whose loss or
+gradients are not finite; it reports ``nonfinite`` and
 ``nonfinite_step`` as device arrays. The loop feeds each step's metrics to
 `NonFiniteMonitor.update` (device ops only, no host sync) and calls `check`
 where it syncs anyway: at log points and before every evaluation, checkpoint
