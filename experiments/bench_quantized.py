@@ -205,10 +205,10 @@ def render(results: dict) -> str:
             "python -m experiments.predict --checkpoint=dlrm.int8.npz --input=day_23.gz"
             " --output=probs.txt",
             "```", "",
-            "The loader (`jaxrec.serving.artifact.ServingModel`) passes the stored arrays to the"
-            " exported function, which gathers the quantized rows a batch needs and dequantizes"
-            " them, and dequantizes the kernels, on every call: a fixed cost per call that"
-            " batch 1 feels and large batches do not.",
+            "The loader (`jaxrec.serving.artifact.ServingModel`) dequantizes the network kernels"
+            " once, with a second exported function stored in the artifact, and passes the"
+            " stored tables to the exported inference function, which gathers the quantized"
+            " rows each call needs and dequantizes only those.",
             "", "## Quality on the real Criteo sample", "",
             f"{results['config']['seeds']} models (seeds 0-{results['config']['seeds'] - 1},"
             f" {results['config']['epochs']} epoch(s) on the 8,000 training rows of the 10k-row"

@@ -10,7 +10,8 @@ and output are float32 / int32. --quantize stores the embedding tables row-wise
 quantized: int8 (symmetric codes and one scale byte per row: 17 bytes for a
 16-wide row against 64), or as the DLRM reference's --quantize-emb-with-bit=8|4
 (int8-affine, int4: a float16 scale and bias per row); the network kernels are
-stored as --quantize_mlp says. The exported function dequantizes what it uses
+stored as --quantize_mlp says. The exported function dequantizes the table rows
+each call gathers; a second one, run once by the loader, the kernels
 (`jaxrec.serving.quantize`, and docs/quantized_serving.md for sizes, speed and
 AUC).
 """

@@ -1,5 +1,6 @@
 """jaxrec.serving.quantize: row-wise 8/4-bit tables, int8 / bfloat16 kernels, artifacts."""
 
+import json
 import zipfile
 
 import jax
@@ -8,6 +9,7 @@ import pytest
 
 from jaxrec.layers.embeddings import EmbeddingConfig
 from jaxrec.models.registry import ModelConfig
+from jaxrec.serving import artifact
 from jaxrec.serving import quantize as q
 from jaxrec.serving.artifact import ServingModel
 from jaxrec.serving.export import export_run
@@ -155,7 +157,8 @@ def test_artifact_predicts_as_the_dequantized_float32_model(tmp_path, monkeypatc
                  "tables": {name: q.dequantize_table_rows(stored, width, fmt)
                             for name, fmt, width, stored in packed.stored_tables(packed.arrays)}}
   path = str(tmp_path / "m.npz")
-  export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig(tables, mlp))
+  meta = export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig(tables, mlp))
+  assert meta["format"] == "jaxrec-serving/2" and meta["prepare_stablehlo_bytes"] > 0
   rng = np.random.default_rng(2)
   dense = rng.exponential(2.0, (300, 13)).astype(np.float32)
   cat = np.stack([rng.integers(0, n, 300) for n in run.spec.vocab_sizes], 1).astype(np.int32)
@@ -164,12 +167,16 @@ def test_artifact_predicts_as_the_dequantized_float32_model(tmp_path, monkeypatc
                              rtol=1e-6, atol=1e-7)
 
 
-def test_artifacts_written_uncompressed_before_still_load(tmp_path):
+def test_format_1_artifacts_written_uncompressed_still_load(tmp_path):
   run = _run(tmp_path)
   path, old = str(tmp_path / "m.npz"), str(tmp_path / "old.npz")
-  export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig("int8-affine", "int8"))
+  # float32 params: no prepare function, as in format 1 (whose f took every weight as stored)
+  export_run(run, path, platforms=("cpu",), quantize=q.QuantizeConfig("int8-affine", "float32"))
   with np.load(path) as z:
     members = {k: z[k] for k in z.files}
+  assert "prepare" not in members
+  meta = json.loads(members["meta"].tobytes())
+  members["meta"] = artifact.pack_json({**meta, "format": "jaxrec-serving/1"})
   with open(old, "wb") as f:  # the earlier writer: np.savez, affine int8 rows
     np.savez(f, **members)
   with zipfile.ZipFile(path) as z:  # the current writer deflates all but the weights

@@ -7,9 +7,12 @@ without inflating, the other members deflated) written by
 * ``exported``: the ``jax.export`` serialization (StableHLO) of
   ``probabilities = f(weights, dense [B, num_dense] float32, cat [B, F] int32)``
   with a symbolic batch dimension B, lowered for one or more platforms;
-* ``weights/00000``...: the model's variables as ``f`` takes them: tables then
-  network params, float32 or quantized (`jaxrec.serving.quantize`; ``f``
-  dequantizes them, so a loader passes them through);
+* ``weights/00000``...: the model's variables: tables, then network params,
+  float32 or quantized (`jaxrec.serving.quantize`); ``f`` takes the tables as
+  stored (it dequantizes the rows it gathers) and the params in float32;
+* ``prepare`` (format 2, when the params are stored quantized): the
+  serialization of ``float32 params = g(stored params)``, which the loader
+  runs once (the first ``meta["num_table_weights"]`` weights are the tables);
 * ``vocabulary``: the training vocabularies (`jaxrec.data.criteo.Vocabulary`'s
   own ``.npz`` bytes), when the run had them: raw Criteo rows encode with them;
 * ``meta``: JSON (format version, input sizes, vocabulary sizes, platforms,
@@ -33,7 +36,9 @@ import numpy as np
 from jaxrec.data import criteo, tabular
 from jaxrec.data import schema as schema_lib
 
-FORMAT = "jaxrec-serving/1"
+FORMAT = "jaxrec-serving/2"
+# Format 1 (no ``prepare``; its ``f`` took every weight as stored, quantized params included).
+READABLE_FORMATS = ("jaxrec-serving/1", FORMAT)
 
 
 def pack_json(obj: Any) -> np.ndarray:
@@ -84,10 +89,13 @@ class ServingModel:
       if "meta" not in z.files or "exported" not in z.files:
         raise ValueError(f"{path}: not a jaxrec serving artifact (no meta / exported)")
       meta = json.loads(z["meta"].tobytes())
-      if meta.get("format") != FORMAT:
+      if meta.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path}: artifact format {meta.get('format')!r}, this loader reads"
-                         f" {FORMAT!r}")
+                         f" {', '.join(READABLE_FORMATS)}")
       exported = jax.export.deserialize(bytearray(z["exported"].tobytes()))
+      prepare = None
+      if "prepare" in z.files:
+        prepare = jax.export.deserialize(bytearray(z["prepare"].tobytes()))
       weights = [jax.device_put(z[weight_key(i)]) for i in range(meta["num_weights"])]
       vocabulary = None
       if meta["has_vocabulary"]:
@@ -97,6 +105,9 @@ class ServingModel:
     if platform not in exported.platforms:
       raise ValueError(f"{path}: exported for {exported.platforms}, this machine runs {platform};"
                        " re-export with --platforms including it")
+    if prepare is not None:  # quantized params -> float32, once
+      n = meta["num_table_weights"]
+      weights = [*weights[:n], *jax.jit(prepare.call)(weights[n:])]
     return cls(meta=meta, vocabulary=vocabulary, _weights=weights,
                _call=jax.jit(exported.call))
 

@@ -31,7 +31,10 @@ def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
                     batch_size: int | None = None,
                     quantize: QuantizeConfig = QuantizeConfig()
                     ) -> tuple[jax.export.Exported, Packed]:
-  """(the Exported inference function, its packed weights: `Packed.arrays` is its first argument).
+  """(the Exported inference function, its packed weights).
+
+  The function's first argument is `Packed.resident(Packed.arrays)`: the tables
+  as stored, the network params in float32 (`export_prepare` dequantizes them).
 
   Args:
     run: a loaded run (`jaxrec.train.run_dir.load_run`).
@@ -46,18 +49,35 @@ def export_function(run: Run, platforms: Sequence[str] = DEFAULT_PLATFORMS,
       spec, model=dataclasses.replace(spec.model, cpu_kernels=False)).build()
   packed = pack(run.variables, quantize)
 
-  def serve(weights, dense, cat):
-    rows = packed.rows(weights, model.layout.row_ids(cat))
-    logits = model.apply_rows(packed.params(weights), dense, rows, cat=cat, train=False)
+  n = packed.num_table_arrays
+
+  def serve(resident, dense, cat):
+    rows = packed.rows(resident[:n], model.layout.row_ids(cat))
+    params = jax.tree_util.tree_unflatten(packed.params_treedef, resident[n:])
+    logits = model.apply_rows(params, dense, rows, cat=cat, train=False)
     return jax.nn.sigmoid(logits.astype(jnp.float32))
 
   batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
-  weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in packed.arrays]
+  resident_specs = jax.eval_shape(packed.resident, _specs(packed.arrays))
   exported = jax.export.export(jax.jit(serve), platforms=tuple(platforms))(
-      weight_specs,
+      resident_specs,
       jax.ShapeDtypeStruct((batch, model.num_dense), jnp.float32),
       jax.ShapeDtypeStruct((batch, model.layout.num_slots), jnp.int32))
   return exported, packed
+
+
+def _specs(arrays) -> list:
+  return [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in arrays]
+
+
+def export_prepare(packed: Packed, platforms: Sequence[str] = DEFAULT_PLATFORMS
+                   ) -> jax.export.Exported | None:
+  """The Exported ``stored network params -> float32 leaves`` a loader runs once, or None when
+  the params are stored as float32."""
+  if packed.params_stored_as_float32:
+    return None
+  return jax.export.export(jax.jit(packed.float32_param_leaves), platforms=tuple(platforms))(
+      _specs(packed.arrays[packed.num_table_arrays:]))
 
 
 def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS,
@@ -65,6 +85,7 @@ def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS
                quantize: QuantizeConfig = QuantizeConfig()) -> dict:
   """Writes the serving artifact of `run` to `path`; returns its metadata."""
   exported, packed = export_function(run, platforms, batch_size, quantize)
+  prepare = export_prepare(packed, platforms)
   leaves = packed.arrays
   serialized = exported.serialize()
   spec = run.spec
@@ -89,9 +110,13 @@ def export_run(run: Run, path: str, platforms: Sequence[str] = DEFAULT_PLATFORMS
       "quantization": {"tables": quantize.tables, "mlp": quantize.mlp,
                        "rows": ROW_LAYOUTS.get(quantize.tables, "float32")},
       "weight_bytes": packed.nbytes,
+      "num_table_weights": packed.num_table_arrays,
   }
-  arrays = {"meta": artifact.pack_json(meta),
-            "exported": np.frombuffer(bytes(serialized), np.uint8)}
+  arrays = {"exported": np.frombuffer(bytes(serialized), np.uint8)}
+  if prepare is not None:
+    arrays["prepare"] = np.frombuffer(bytes(prepare.serialize()), np.uint8)
+  meta["prepare_stablehlo_bytes"] = 0 if prepare is None else len(arrays["prepare"])
+  arrays["meta"] = artifact.pack_json(meta)
   arrays.update({artifact.weight_key(i): x for i, x in enumerate(leaves)})
   if run.vocabulary is not None:  # Vocabulary's own .npz format, nested
     buffer = io.BytesIO()
