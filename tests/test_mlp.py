@@ -160,3 +160,14 @@ def test_bfloat16_input_gradient_contracts_over_the_major_dimension_of_its_right
   hlo = jax.jit(input_grad).lower(x, w).compile().as_text()
   dots = [line for line in hlo.splitlines() if " dot(" in line and "f32[64,32]" in line]
   assert dots and all("rhs_contracting_dims={0}" in line for line in dots), dots
+
+
+def test_bfloat16_mlp_takes_a_zero_width_input():
+  # A schema without dense features (Avazu) feeds the bottom MLP [batch, 0].
+  x = jnp.zeros((4, 0))
+  mlp = MLP((8, 4), activate_final=True, dtype=jnp.bfloat16)
+  params = mlp.init(jax.random.key(0), x)
+  y = mlp.apply(params, x)
+  assert y.shape == (4, 4) and y.dtype == jnp.float32
+  grads = jax.grad(lambda p: jnp.sum(mlp.apply(p, x)))(params)
+  assert grads["params"]["layers_0"]["kernel"].shape == (0, 8)

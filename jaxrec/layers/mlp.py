@@ -13,6 +13,7 @@ returned in float32, forward and backward, with float32 master weights.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Mapping, Sequence
 
 import jax
@@ -66,6 +67,11 @@ def _mixed_matmul_bwd(dtype, residuals, g):
 _mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
 
 
+def _rows(x: jax.Array) -> jax.Array:
+  """[..., m] -> [rows, m]; explicit sizes, so a zero-width x (no dense features) reshapes too."""
+  return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def mixed_precision_matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
   """``x @ w`` ([..., m] @ [m, n]) with operands rounded to `dtype` and float32 accumulation.
 
@@ -76,7 +82,7 @@ def mixed_precision_matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
   path.
   """
   lead = x.shape[:-1]
-  y = _mixed_matmul(x.reshape(-1, x.shape[-1]), vary_like(w, x), np.dtype(dtype))
+  y = _mixed_matmul(_rows(x), vary_like(w, x), np.dtype(dtype))
   return y.reshape(*lead, w.shape[-1])
 
 
@@ -116,7 +122,7 @@ def mixed_precision_dense_relu(x: jax.Array, w: jax.Array, b: jax.Array, dtype) 
   [batch, n] float32 arrays, about a fifth of a bfloat16 DLRM step on CPU.
   """
   lead = x.shape[:-1]
-  y = _mixed_dense_relu(x.reshape(-1, x.shape[-1]), vary_like(w, x), vary_like(b, x),
+  y = _mixed_dense_relu(_rows(x), vary_like(w, x), vary_like(b, x),
                         np.dtype(dtype))
   return y.reshape(*lead, w.shape[-1])
 
