@@ -134,32 +134,24 @@ def test_mlp_output_is_float32():
   assert mlp.apply(mlp.init(jax.random.key(0), x), x).dtype == jnp.float32
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the row-major xᵀ is CPU-only")
-def test_bfloat16_weight_gradient_contracts_over_the_minor_dimension_on_cpu():
-  # XLA:CPU's bf16 matmul is 3-4x slower when its left operand contracts over its major
-  # dimension (xᵀ g with x [batch, m] as laid out); the layout constraint writes xᵀ
-  # out row-major so the weight-gradient dot contracts over the minor one.
-  def weight_grad(x, w):
-    return jax.grad(lambda w: jnp.sum(mixed_precision_matmul(x, w, jnp.bfloat16)))(w)
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the row-major transposes are CPU-only")
+@pytest.mark.parametrize("wrt, gradient, contracting", [
+    # xᵀ g: x [batch, m] as laid out contracts over its major dimension.
+    (1, "f32[32,8]", "lhs_contracting_dims={1}"),
+    # g wᵀ: w [m, n] as laid out contracts over its minor dimension.
+    (0, "f32[64,32]", "rhs_contracting_dims={0}"),
+])
+def test_bfloat16_gradient_matmuls_take_row_major_transposes_on_cpu(wrt, gradient, contracting):
+  # XLA:CPU's bf16 matmul runs a transpose folded into the dot 3-4x slower (2048x512 @
+  # 512x367: 3.8 ms against 1.0 ms); the layout constraint writes it out row-major, so
+  # both gradient dots are plain [M, K] x [K, N] ones.
+  def grad(x, w):
+    return jax.grad(lambda *a: jnp.sum(mixed_precision_matmul(*a, jnp.bfloat16)), wrt)(x, w)
 
   x, w = jnp.ones((64, 32)), jnp.ones((32, 8))
-  hlo = jax.jit(weight_grad).lower(x, w).compile().as_text()
-  dots = [line for line in hlo.splitlines() if " dot(" in line and "f32[32,8]" in line]
-  assert dots and all("lhs_contracting_dims={1}" in line for line in dots), dots
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the row-major wᵀ is CPU-only")
-def test_bfloat16_input_gradient_contracts_over_the_major_dimension_of_its_right_operand():
-  # g wᵀ with w [m, n] as laid out contracts the right operand over its minor dimension,
-  # which XLA:CPU's bf16 matmul runs ~4x slower (2048x512 @ 512x367: 3.8 ms against 1.0 ms);
-  # wᵀ written out row-major makes it a plain [B, n] x [n, m] dot.
-  def input_grad(x, w):
-    return jax.grad(lambda x: jnp.sum(mixed_precision_matmul(x, w, jnp.bfloat16)))(x)
-
-  x, w = jnp.ones((64, 32)), jnp.ones((32, 8))
-  hlo = jax.jit(input_grad).lower(x, w).compile().as_text()
-  dots = [line for line in hlo.splitlines() if " dot(" in line and "f32[64,32]" in line]
-  assert dots and all("rhs_contracting_dims={0}" in line for line in dots), dots
+  hlo = jax.jit(grad).lower(x, w).compile().as_text()
+  dots = [line for line in hlo.splitlines() if " dot(" in line and gradient in line]
+  assert dots and all(contracting in line for line in dots), dots
 
 
 def test_bfloat16_mlp_takes_a_zero_width_input():
