@@ -142,9 +142,8 @@ def test_mlp_output_is_float32():
     (0, "f32[64,32]", "rhs_contracting_dims={0}"),
 ])
 def test_bfloat16_gradient_matmuls_take_row_major_transposes_on_cpu(wrt, gradient, contracting):
-  # XLA:CPU's bf16 matmul runs a transpose folded into the dot 3-4x slower (2048x512 @
-  # 512x367: 3.8 ms against 1.0 ms); the layout constraint writes it out row-major, so
-  # both gradient dots are plain [M, K] x [K, N] ones.
+  # XLA:CPU's bf16 matmul runs a transpose folded into the dot on a slow path; the layout
+  # constraint writes it out row-major, so both gradient dots are plain [M, K] x [K, N] ones.
   def grad(x, w):
     return jax.grad(lambda *a: jnp.sum(mixed_precision_matmul(*a, jnp.bfloat16)), wrt)(x, w)
 

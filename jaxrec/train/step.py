@@ -118,8 +118,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: CTRMode
   # out-of-range rows, which scatters drop, so tables and their optimizer state stay
   # bit-identical. The new params are not checked: from finite params and gradients the
   # optimizers give finite ones short of float32 overflow, which the next step's loss
-  # reports. Checking them made the update write its result, read it back and select
-  # (a tenth of a float32 step at batch 128) where now one pass updates or keeps each leaf.
+  # reports. Checking them made the update write its result, read it back and select,
+  # where now one pass updates or keeps each leaf.
   finite = tables.everywhere(all_finite((loss_sum, param_grads, row_grads)))
   updates, opt_state = dense_tx.update(param_grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
