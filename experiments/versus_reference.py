@@ -402,6 +402,8 @@ def write_results(results: list[dict], torch_version: str) -> None:
     # The checkout and its interpreter live outside the repository: named, not spelled out.
     command = provenance.command_line().replace(  # the interpreter first: it may lie inside
         FLAGS.reference_python, "$DLRM_PYTHON").replace(FLAGS.reference_dir, "$DLRM")
+    if os.path.isabs(FLAGS.output_dir) and not FLAGS.output_dir.startswith(REPO + os.sep):
+      command = command.replace(FLAGS.output_dir, "$OUT_DIR")  # a scratch folder, not named
     from jaxrec.models.registry import default_compute_dtype
     provenance.write_report(FLAGS.output, "jaxrec against the PyTorch DLRM reference",
                             render(results, torch_version, default_compute_dtype()),
