@@ -139,6 +139,15 @@ CASES = {
 RUN_DIR_CASES = {"truncate_config_json"}
 
 
+def _copy_run(base, tmp_path, damage=None):
+  """A copy of the trained run under tmp_path, with `damage` (a CASES key) applied."""
+  run = str(tmp_path / "run")
+  shutil.copytree(base, run)
+  if damage is not None:
+    CASES[damage](run)
+  return run
+
+
 def _probabilities(path):
   with open(path) as f:
     return np.array([float(line) for line in f])
@@ -147,9 +156,7 @@ def _probabilities(path):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_predict_scores_with_a_verified_checkpoint_or_exits_2(runs, case, tmp_path):
   base, _, _, rows = runs
-  run = str(tmp_path / "run")
-  shutil.copytree(base, run)
-  CASES[case](run)
+  run = _copy_run(base, tmp_path, case)
   out = str(tmp_path / "probs.txt")
   proc = _cli("experiments.predict", f"--checkpoint={run}", f"--input={rows}", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]  # step 10 verifies: it is used
@@ -162,9 +169,7 @@ def test_predict_scores_with_a_verified_checkpoint_or_exits_2(runs, case, tmp_pa
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_falls_back_to_the_newest_verified_step_or_exits_2(runs, case, tmp_path):
   base, reference, cache, _ = runs
-  run = str(tmp_path / "run")
-  shutil.copytree(base, run)
-  CASES[case](run)
+  run = _copy_run(base, tmp_path, case)
   proc = _train(run, cache, "--max_steps=30", "--resume")
   if case in RUN_DIR_CASES:
     assert proc.returncode == 2 and "config.json" in proc.stderr.strip().splitlines()[-1]
@@ -181,8 +186,7 @@ def test_resume_falls_back_to_the_newest_verified_step_or_exits_2(runs, case, tm
 
 def test_no_verified_checkpoint_is_one_line_and_exit_2(runs, tmp_path):
   base, _, cache, rows = runs
-  run = str(tmp_path / "run")
-  shutil.copytree(base, run)
+  run = _copy_run(base, tmp_path)
   for step in ("10", "20"):
     _zero(_largest_array_file(os.path.join(run, "checkpoints", step)))
   proc = _train(run, cache, "--max_steps=30", "--resume")
@@ -196,9 +200,7 @@ def test_no_verified_checkpoint_is_one_line_and_exit_2(runs, tmp_path):
 
 def test_export_uses_the_newest_verified_step_and_refuses_a_damaged_one(runs, tmp_path):
   base = runs[0]
-  run = str(tmp_path / "run")
-  shutil.copytree(base, run)
-  CASES["flip_64_bytes_in_array"](run)
+  run = _copy_run(base, tmp_path, "flip_64_bytes_in_array")
   artifact = str(tmp_path / "m.npz")
   args = [f"--checkpoint={run}", f"--output={artifact}", "--platforms=cpu"]
   proc = _cli("experiments.export", *args, "--step=20")

@@ -159,8 +159,8 @@ class Dense(nn.Module):
     relu: apply ReLU to the output (with a narrow `dtype`, a full kernel and a
       bias: fused, `mixed_precision_dense_relu`, and the output is in `dtype`).
     dtype: compute dtype (e.g. bfloat16): the matmul operands are rounded to it
-      and accumulated in float32 (`mixed_precision_matmul`); params and the
-      output stay float32.
+      and accumulated in float32 (`mixed_precision_matmul`); params stay
+      float32, and so does the output unless `relu` fuses it (above).
   """
 
   features: int
